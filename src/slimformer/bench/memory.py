@@ -1,0 +1,34 @@
+"""Peak resident memory of this process while a block of code runs (sampled in a thread)."""
+from __future__ import annotations
+
+import threading
+
+import psutil
+
+
+class RssPeak:
+    def __init__(self, interval_s: float = 0.002):
+        self.interval_s = interval_s
+        self._proc = psutil.Process()
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "RssPeak":
+        self.start = self.peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def increase(self) -> int:
+        return self.peak - self.start

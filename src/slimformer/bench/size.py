@@ -1,0 +1,33 @@
+"""Parameter counts and sizes: in memory, and as slimformer saves the model."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ..model import Model
+from ..model.save import write_folder
+
+
+def unique_tensors(model: Model, buffers: bool = False):
+    seen = set()
+    items = list(model.module.parameters()) + (list(model.module.buffers()) if buffers else [])
+    for t in items:
+        if t.data_ptr() in seen:  # tied weights count once
+            continue
+        seen.add(t.data_ptr())
+        yield t
+
+
+def param_count(model: Model) -> int:
+    return sum(t.numel() for t in unique_tensors(model))
+
+
+def weight_bytes(model: Model) -> int:
+    return sum(t.numel() * t.element_size() for t in unique_tensors(model, buffers=True))
+
+
+def saved_size(model: Model) -> int:
+    """Bytes of the weight files slimformer writes for this model (what a user ships)."""
+    with tempfile.TemporaryDirectory(prefix="slimformer-size-") as tmp:
+        write_folder(model, Path(tmp))
+        return sum(p.stat().st_size for p in Path(tmp).rglob("*.safetensors"))

@@ -1,0 +1,167 @@
+"""slimformer command line: info, eval, bench, compress. User mistakes: one line, exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import SlimformerError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,8,32")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slimformer", description="Make Transformers smaller and faster; "
+                                "measure quality, speed, memory and size before and after.")
+    sub = p.add_subparsers(dest="command", required=True)
+    model_help = "an alias (minilm, smollm2), an HF model folder, a .gguf file, or a hub id (online)"
+
+    s = sub.add_parser("info", help="family, shapes and parameter split of a model")
+    s.add_argument("model", help=model_help)
+    s.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+
+    s = sub.add_parser("eval", help="quality on real data (sts, ppl, fidelity)")
+    s.add_argument("model", help=model_help)
+    s.add_argument("--task", choices=["sts", "ppl", "fidelity"], help="default: ppl for LMs, sts for encoders")
+    s.add_argument("--data", help="a bundled set (stsb, wikitext2, sst2) or a TSV / JSONL / text file")
+    s.add_argument("--split", default="test")
+    s.add_argument("--reference", help="the model to compare with (fidelity)")
+    s.add_argument("--seq-len", type=_positive, default=1024)
+    s.add_argument("--max-windows", type=_positive)
+    s.add_argument("--batch-size", type=_positive)
+    s.add_argument("--json", metavar="PATH", default="slimformer-eval.json",
+                   help="where to write the result (default: %(default)s)")
+
+    s = sub.add_parser("bench", help="latency, throughput, decode speed, memory and size")
+    s.add_argument("model", help=model_help)
+    s.add_argument("--vs", metavar="MODEL2", help="bench MODEL2 right after MODEL and report ratios")
+    s.add_argument("--threads", type=_positive, help="torch threads (default: all cores)")
+    s.add_argument("--batch-sizes", type=_ints)
+    s.add_argument("--seq-lens", type=_ints)
+    s.add_argument("--repeats", type=_positive, default=10)
+    s.add_argument("--decode-new-tokens", type=_positive, default=128)
+    s.add_argument("--json", metavar="PATH", default="slimformer-bench.json",
+                   help="where to write the result (default: %(default)s)")
+
+    s = sub.add_parser("compress", help="run a recipe, evaluate and bench against the original")
+    s.add_argument("model", help=model_help)
+    s.add_argument("--recipe", help="YAML recipe (default: the bundled default recipe)")
+    s.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    s.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _quiet_libraries()
+        return COMMANDS[args.command](args)
+    except SlimformerError as e:
+        print(f"slimformer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slimformer: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _write_json(obj, path: str | None) -> None:
+    if path:
+        obj.to_json(path)
+        print(f"\nwritten: {path}")
+
+
+def cmd_info(args) -> int:
+    from . import api
+    from .report import text_table
+    i = api.info(args.model)
+    rows = [["family", f"{i.family} ({i.model_type}, {i.kind})"], ["layers", i.layers],
+            ["hidden size", i.hidden_size], ["heads / KV heads", f"{i.heads} / {i.kv_heads}"],
+            ["head dim", i.head_dim], ["FFN width", f"{i.ffn_width} ({'gated' if i.ffn_gated else 'plain'})"],
+            ["vocab", i.vocab_size], ["max positions", i.max_positions]]
+    rows += [[f"params: {k}", f"{v:,} ({v / i.params['total']:.1%})"] for k, v in i.params.items()]
+    rows += [["dtype", i.dtype], ["size on disk", "-" if i.size_on_disk_bytes is None
+                                  else f"{i.size_on_disk_bytes / 2**20:.1f} MiB"],
+             ["uniform blocks", i.uniform]]
+    print(text_table(["model", i.model], [[str(a), str(b)] for a, b in rows]))
+    _write_json(i, args.json)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import api
+    from .report import EVAL_HEADERS, eval_rows, text_table
+    r = api.evaluate(args.model, args.task, data=args.data, split=args.split, reference=args.reference,
+                     seq_len=args.seq_len, max_windows=args.max_windows, batch_size=args.batch_size)
+    print(text_table(EVAL_HEADERS, eval_rows(r.to_dict())))
+    print(f"protocol: {r.protocol}; {r.wall_s:.1f} s")
+    _write_json(r, args.json)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import api
+    from .report import (COMPARISON_HEADERS, bench_rows, comparison_rows, environment_line,
+                         text_table)
+    cfg = api.BenchConfig(threads=args.threads, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens,
+                          repeats=args.repeats, decode_new_tokens=args.decode_new_tokens)
+    r = api.bench(args.model, cfg, vs=args.vs)
+    d = r.to_dict()
+    if args.vs:
+        print(text_table(["", args.model, args.vs, "ratio"], comparison_rows(d)))
+        env_from = d["base"]
+    else:
+        print(text_table(["", args.model], bench_rows(d)))
+        env_from = d
+    print(f"machine: {environment_line(env_from)}")
+    _write_json(r, args.json)
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from . import api
+    from .recipe import load_recipe
+    from .report import md_table
+    from .report.markdown import summary_rows
+    recipe = load_recipe(args.recipe)  # validated before the model is loaded
+    if Path(args.out).exists() and not args.overwrite:
+        raise SlimformerError(f"{args.out} already exists; choose another --out or pass --overwrite")
+    r = api.compress(args.model, recipe, out=args.out, overwrite=args.overwrite)
+    for note in r.notes:
+        print(f"note: {note}")
+    print(md_table(["", "original", "compressed", "change"], summary_rows(r)))
+    print(f"\nwritten: {args.out}/model, {args.out}/results.json, {args.out}/report.md "
+          f"({r.wall_s:.0f} s)")
+    return 0
+
+
+COMMANDS = {"info": cmd_info, "eval": cmd_eval, "bench": cmd_bench, "compress": cmd_compress}
+
+if __name__ == "__main__":
+    sys.exit(main())

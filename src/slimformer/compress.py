@@ -1,0 +1,95 @@
+"""The recipe runner: stages in order, then quality and speed against the original, then one
+output folder (model/, results.json, report.md, plot) written completely or not at all."""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_dir
+from .bench import compare
+from .bench.memory import RssPeak
+from .errors import ConfigValueError
+from .evaluate import default_task, evaluate
+from .model import Model
+from .model.save import write_folder
+from .recipe import Recipe
+from .results import Comparison, EvalResult, _Serialisable
+from .stages import STAGES, StageContext
+
+
+@dataclass
+class CompressResult(_Serialisable):
+    model: str
+    recipe: dict
+    stages: list[dict]
+    quality: dict  # {"original": EvalResult, "compressed": EvalResult}
+    fidelity: dict | None  # EvalResult of compressed vs original
+    speed: dict  # Comparison as a dict
+    notes: list[str] = field(default_factory=list)
+    out: str | None = None
+    wall_s: float = 0.0
+
+
+def run_stages(model: Model, recipe: Recipe) -> tuple[Model, list[dict]]:
+    """Apply the recipe's stages to a copy of `model`; the original stays untouched."""
+    current = copy.deepcopy(model)
+    ctx = StageContext(original=model, calibration=recipe.calibration)
+    logs = []
+    for entry in recipe.stages:
+        t0 = time.perf_counter()
+        with RssPeak() as mem:
+            current, log = STAGES[entry.name].run(current, entry.config, ctx)
+        log = {"stage": entry.name, **log, "wall_s": time.perf_counter() - t0,
+               "peak_rss_bytes": mem.peak}
+        current.log.append(log)
+        current.path = None
+        logs.append(log)
+    return current, logs
+
+
+def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
+             overwrite: bool = False, progress: bool = True) -> CompressResult:
+    t0 = time.perf_counter()
+    if out is not None and Path(out).exists() and not overwrite:
+        raise ConfigValueError(f"{out} already exists; choose another --out or remove it first")
+    compressed, logs = run_stages(model, recipe)
+    notes = []
+    if not logs:
+        notes.append("The recipe has no compression stages: the model was evaluated and benchmarked "
+                     "as it is; speed ratios near 1.0 show the measurement noise.")
+    ev = recipe.evaluate
+    task = ev.task or default_task(model)
+    kw = dict(task=task, data=ev.data, split=ev.split, seq_len=ev.seq_len, max_windows=ev.max_windows,
+              progress=progress)
+    quality = {"original": evaluate(model, **kw), "compressed": evaluate(compressed, **kw)}
+    fid = None
+    if ev.fidelity:
+        fid = evaluate(compressed, "fidelity", split=ev.split, reference=model, seq_len=ev.seq_len,
+                       max_windows=ev.max_windows and min(ev.max_windows, 8), progress=progress)
+    speed: Comparison = compare(model, compressed, recipe.bench)
+    result = CompressResult(
+        model=model.name, recipe=recipe.to_dict(), stages=logs,
+        quality={k: v.to_dict() for k, v in quality.items()},
+        fidelity=fid.to_dict() if fid else None, speed=speed.to_dict(), notes=notes,
+        out=str(out) if out else None)
+    result.wall_s = time.perf_counter() - t0
+    if out is not None:
+        write_output(compressed, result, Path(out), overwrite)
+    return result
+
+
+def write_output(model: Model, result: CompressResult, out: Path, overwrite: bool) -> None:
+    from .report import write_report
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "model").mkdir()
+        write_folder(model, tmp / "model")
+        result.to_json(tmp / "results.json")
+        write_report(result, tmp)
+
+
+__all__ = ["CompressResult", "compress", "run_stages", "EvalResult"]

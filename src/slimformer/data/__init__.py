@@ -1,0 +1,5 @@
+from .bundled import BUNDLED, bundled_path, data_root, resolve_data
+from .readers import Pair, read_pairs, read_sentences, read_text
+
+__all__ = ["BUNDLED", "Pair", "bundled_path", "data_root", "read_pairs", "read_sentences",
+           "read_text", "resolve_data"]

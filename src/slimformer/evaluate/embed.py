@@ -1,0 +1,44 @@
+"""Sentence embeddings of an encoder, pooled the way its sentence-transformers config says."""
+from __future__ import annotations
+
+import torch
+
+from ..model import Model
+
+
+def token_states(model: Model, batch: dict) -> torch.Tensor:
+    return model.module(**batch).last_hidden_state
+
+
+def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(states.dtype)
+    if mode == "cls":
+        return states[:, 0]
+    if mode == "max":
+        return states.masked_fill(m == 0, float("-inf")).max(dim=1).values
+    return (states * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def tokenize_sentences(model: Model, sentences: list[str]) -> dict:
+    max_len = min(model.pooling.max_length or model.arch.max_positions, model.arch.max_positions)
+    return model.tokenizer(sentences, padding=True, truncation=True, max_length=max_len,
+                           return_tensors="pt")
+
+
+@torch.inference_mode()
+def encode(model: Model, sentences: list[str], batch_size: int = 64) -> torch.Tensor:
+    """[n, hidden] embeddings; batches are formed by length (less padding), order is restored."""
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    out = torch.empty(0)
+    chunks = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenize_sentences(model, [sentences[i] for i in idx])
+        emb = pool(token_states(model, batch), batch["attention_mask"], model.pooling.mode)
+        if model.pooling.normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        chunks.append(emb.float())
+    if chunks:
+        out = torch.empty(len(sentences), chunks[0].shape[1])
+        out[torch.tensor(order)] = torch.cat(chunks)
+    return out

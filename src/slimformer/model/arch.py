@@ -1,0 +1,112 @@
+"""ArchMap: where every block's attention and FFN projections, norms, embeddings and head are.
+
+Every method reaches layers through an ArchMap, so no method branches on `model_type`.
+Modules are named by their dotted path from the loaded root module: names stay valid when
+a stage swaps a Linear for a compressed one. Adding a family is one adapter in families.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    o: str
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    q: str | None = None
+    k: str | None = None
+    v: str | None = None
+    qkv: str | None = None  # fused projection (GPT-2's c_attn): rows are [q; k; v]
+
+    @property
+    def fused(self) -> bool:
+        return self.qkv is not None
+
+    @property
+    def inputs(self) -> list[str]:
+        """Projections reading the block's hidden state."""
+        return [self.qkv] if self.fused else [self.q, self.k, self.v]
+
+    @property
+    def linears(self) -> list[str]:
+        return self.inputs + [self.o]
+
+
+@dataclass(frozen=True)
+class FFNMap:
+    up: str
+    down: str
+    width: int
+    gate: str | None = None  # gated FFNs (SwiGLU): act(gate(x)) * up(x)
+
+    @property
+    def gated(self) -> bool:
+        return self.gate is not None
+
+    @property
+    def linears(self) -> list[str]:
+        return ([self.gate] if self.gated else []) + [self.up, self.down]
+
+
+@dataclass(frozen=True)
+class BlockMap:
+    index: int
+    name: str
+    attn: AttentionMap
+    ffn: FFNMap
+    attn_norm: str
+    ffn_norm: str
+    pre_norm: bool  # True: norm before each sub-layer (GPT-2, Llama); False: after (BERT)
+
+    @property
+    def linears(self) -> list[str]:
+        return self.attn.linears + self.ffn.linears
+
+
+@dataclass(frozen=True)
+class ArchMap:
+    family: str  # adapter name: "bert", "distilbert", "gpt2", "llama"
+    model_type: str  # the config's model_type
+    kind: str  # "encoder" or "causal"
+    hidden_size: int
+    max_positions: int
+    blocks: tuple[BlockMap, ...]
+    embeddings: tuple[str, ...]  # token embeddings first, then positions / token types
+    final_norm: str | None = None
+    head: str | None = None  # LM head, for causal models
+    tied_head: bool = False
+    conv1d_transposed: tuple[str, ...] = field(default=())  # GPT-2 Conv1D turned into Linear at load
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def linears(self) -> list[str]:
+        return [name for b in self.blocks for name in b.linears]
+
+
+def get_module(root: nn.Module, name: str) -> nn.Module:
+    return root.get_submodule(name) if name else root
+
+
+def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(get_module(root, parent_name), child, new)
+
+
+def conv1d_to_linear(conv: nn.Module) -> nn.Linear:
+    """GPT-2's Conv1D computes x @ W + b with W stored [in, out]; a Linear stores W.T."""
+    in_features, out_features = conv.weight.shape
+    lin = nn.Linear(in_features, out_features, bias=conv.bias is not None,
+                    device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(conv.weight.t())
+        if conv.bias is not None:
+            lin.bias.copy_(conv.bias)
+    return lin

@@ -1,0 +1,166 @@
+"""Load a supported Transformer from a folder, a GGUF file or a hub id into a Model."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from ..atomic import atomic_dir
+from ..errors import ModelNotFoundError
+from .arch import conv1d_to_linear, get_module, set_module
+from .families import ENCODER_TYPES, build_arch_map, check_supported
+from .model import Model, Pooling
+from .sources import Source, require_online, resolve
+
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+def load(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Model:
+    """Load MODEL (alias, HF folder, .gguf file or hub id) in eval mode, with its ArchMap."""
+    src = resolve(str(source))
+    if src.kind == "gguf":
+        folder = gguf_cache_folder(Path(src.location))
+    elif src.kind == "hub":
+        folder = _hub_folder(src)
+    else:
+        folder = Path(src.location)
+    model = load_folder(folder, dtype=dtype)
+    model.source = src.given
+    if src.kind == "gguf":
+        model.source_bytes = Path(src.location).stat().st_size
+    return model
+
+
+def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
+    try:
+        cfg = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelNotFoundError(f"{folder}: config.json cannot be read ({_first_line(e)}); "
+                                 "pass a valid HF model folder") from None
+    check_supported(getattr(cfg, "model_type", None))
+    cls = AutoModel if cfg.model_type in ENCODER_TYPES else AutoModelForCausalLM
+    try:
+        module = cls.from_pretrained(folder, config=cfg, dtype=dtype, trust_remote_code=False)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise ModelNotFoundError(f"{folder}: the weights cannot be loaded ({_first_line(e)}); check that "
+                                 "config.json matches the weight files") from None
+    module.eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelNotFoundError(f"{folder}: no usable tokenizer ({_first_line(e)}); copy the tokenizer "
+                                 "files of the original model into this folder") from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # batched LM scoring needs a pad id (masked out)
+    _normalise_conv1d(module)
+    arch = build_arch_map(module)
+    pooling, extra = _sentence_transformers_config(folder)
+    weights = [p for pat in ("*.safetensors", "*.bin") for p in folder.glob(pat)]
+    return Model(module=module, tokenizer=tokenizer, arch=arch, source=str(folder), path=folder,
+                 pooling=pooling, extra_files=extra, source_bytes=sum(p.stat().st_size for p in weights))
+
+
+def _normalise_conv1d(module) -> None:
+    """Replace GPT-2's Conv1D by Linear once, so every method sees [out, in] weights."""
+    from transformers.pytorch_utils import Conv1D
+    names = [n for n, m in module.named_modules() if isinstance(m, Conv1D)]
+    for name in names:
+        set_module(module, name, conv1d_to_linear(get_module(module, name)))
+
+
+def _sentence_transformers_config(folder: Path) -> tuple[Pooling, dict[str, bytes]]:
+    """Read the pooling a sentence-transformers folder declares; mean pooling otherwise."""
+    extra: dict[str, bytes] = {}
+    pooling = Pooling()
+    for name in ST_FILES:
+        if (folder / name).is_file():
+            extra[name] = (folder / name).read_bytes()
+    if "modules.json" not in extra:
+        return pooling, extra
+    for mod in json.loads(extra["modules.json"]):
+        kind = mod.get("type", "")
+        if kind.endswith("Pooling"):
+            rel = f"{mod['path']}/config.json"
+            if (folder / rel).is_file():
+                extra[rel] = (folder / rel).read_bytes()
+                pc = json.loads(extra[rel])
+                if pc.get("pooling_mode_cls_token"):
+                    pooling.mode = "cls"
+                elif pc.get("pooling_mode_max_tokens"):
+                    pooling.mode = "max"
+                else:
+                    pooling.mode = "mean"
+        elif kind.endswith("Normalize"):
+            pooling.normalize = True
+    if "sentence_bert_config.json" in extra:
+        pooling.max_length = json.loads(extra["sentence_bert_config.json"]).get("max_seq_length")
+    return pooling, extra
+
+
+def cache_root() -> Path:
+    if os.environ.get("SLIMFORMER_CACHE"):
+        return Path(os.environ["SLIMFORMER_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "slimformer"
+
+
+def gguf_cache_folder(gguf_path: Path) -> Path:
+    """Dequantize a GGUF once (slow) into a safetensors folder in the user cache, reuse it after."""
+    st = gguf_path.stat()
+    key = f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder = cache_root() / "gguf" / f"{gguf_path.stem}-{digest}"
+    if (folder / "config.json").is_file():
+        return folder
+    _check_gguf_arch(gguf_path)
+    with atomic_dir(folder, overwrite=True) as tmp:
+        kw = dict(gguf_file=gguf_path.name, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
+        module = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
+        # The weights are plain fp32 now; drop the GGUF marker so the folder loads as such.
+        if hasattr(module.config, "quantization_config"):
+            del module.config.quantization_config
+        module.hf_quantizer = None
+        module.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE.txt").write_text(f"dequantized from {gguf_path} by slimformer\n")
+    return folder
+
+
+def _check_gguf_arch(path: Path) -> None:
+    from gguf import GGUFReader
+    try:
+        field = GGUFReader(str(path)).fields.get("general.architecture")
+        arch = bytes(field.parts[field.data[0]]).decode() if field else None
+    except Exception as e:  # a truncated or foreign file
+        raise ModelNotFoundError(f"{path} is not a readable GGUF file ({_first_line(e)})") from None
+    gguf_to_hf = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "gpt2": "gpt2"}
+    if arch not in gguf_to_hf:
+        check_supported(f"gguf:{arch}")
+
+
+def _hub_folder(src: Source) -> Path:
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(src.location, local_files_only=True))
+    except Exception:
+        pass
+    require_online(src.location)
+    try:
+        return Path(snapshot_download(src.location, allow_patterns=[
+            "*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*"]))
+    except Exception as e:
+        raise ModelNotFoundError(f"{src.location}: cannot download from the hub ({_first_line(e)}); "
+                                 "check the id, or pass a local folder") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+

@@ -1,0 +1,51 @@
+"""The Model every stage takes and returns: an HF module, its tokenizer, and its ArchMap."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import ConfigValueError
+from .arch import ArchMap
+
+
+@dataclass
+class Pooling:
+    """How an encoder turns token states into one sentence embedding (sentence-transformers)."""
+    mode: str = "mean"  # "mean" | "cls" | "max"
+    normalize: bool = False
+    max_length: int | None = None  # sentence-transformers' max_seq_length, if declared
+
+
+@dataclass
+class Model:
+    module: nn.Module
+    tokenizer: object
+    arch: ArchMap
+    source: str  # what the user asked for (alias, path or hub id)
+    path: Path | None = None  # folder the weights were read from; None once changed in memory
+    pooling: Pooling = field(default_factory=Pooling)
+    extra_files: dict[str, bytes] = field(default_factory=dict)  # e.g. sentence-transformers configs
+    log: list[dict] = field(default_factory=list)  # one entry per stage applied
+    source_bytes: int | None = None  # size on disk of what was loaded (weight files, or the .gguf)
+
+    @property
+    def kind(self) -> str:
+        return self.arch.kind
+
+    @property
+    def is_causal(self) -> bool:
+        return self.arch.kind == "causal"
+
+    @property
+    def name(self) -> str:
+        return self.source
+
+    def check_seq_len(self, seq_len: int) -> None:
+        if seq_len < 2:
+            raise ConfigValueError(f"sequence length {seq_len} is too short; use at least 2")
+        if seq_len > self.arch.max_positions:
+            raise ConfigValueError(
+                f"sequence length {seq_len} exceeds the model's {self.arch.max_positions} positions; "
+                f"use --seq-len {self.arch.max_positions} or less")

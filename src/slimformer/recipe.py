@@ -1,0 +1,186 @@
+"""Recipes: YAML validated into config dataclasses. An unknown key, stage or value is an error
+that names what is allowed, raised before any work starts."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .bench import BenchConfig
+from .errors import RecipeError
+from .stages import STAGES, known_stages
+
+
+@dataclass
+class CalibrationConfig:
+    data: str = "wikitext2"  # a bundled set or a file; never the test split
+    split: str = "validation"
+    samples: int = 64
+    seq_len: int = 1024
+    seed: int = 0
+
+
+@dataclass
+class EvaluateConfig:
+    task: str | None = None  # default: ppl for causal LMs, sts for encoders
+    data: str | None = None
+    split: str = "test"
+    seq_len: int = 1024
+    max_windows: int | None = None
+    fidelity: bool = True  # also compare the compressed model's outputs with the original's
+
+
+@dataclass
+class ExportConfig:
+    format: str = "hf"
+
+
+EXPORT_FORMATS = ("hf",)
+
+
+@dataclass
+class StageEntry:
+    name: str
+    config: Any
+
+
+@dataclass
+class Recipe:
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    stages: list[StageEntry] = field(default_factory=list)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    source: str = "<in memory>"
+
+    def to_dict(self) -> dict:
+        return {
+            "calibration": dataclasses.asdict(self.calibration),
+            "stages": [{s.name: dataclasses.asdict(s.config)} for s in self.stages],
+            "evaluate": dataclasses.asdict(self.evaluate),
+            "bench": dataclasses.asdict(self.bench),
+            "export": dataclasses.asdict(self.export),
+        }
+
+
+SECTIONS = {"calibration": CalibrationConfig, "evaluate": EvaluateConfig, "bench": BenchConfig,
+            "export": ExportConfig}
+
+
+def default_recipe_path() -> Path:
+    return Path(__file__).parent / "recipes" / "default.yaml"
+
+
+def load_recipe(path: str | os.PathLike | None = None) -> Recipe:
+    path = Path(path) if path else default_recipe_path()
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} not found; pass an existing YAML file to --recipe")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise RecipeError(f"recipe {path} is not valid YAML{where}; fix its syntax") from None
+    recipe = parse_recipe(raw if raw is not None else {}, where=str(path))
+    recipe.source = str(path)
+    return recipe
+
+
+def parse_recipe(raw: Any, where: str = "recipe") -> Recipe:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: the recipe must be a mapping with keys {_known(SECTIONS, 'stages')}")
+    unknown = set(raw) - set(SECTIONS) - {"stages"}
+    if unknown:
+        raise RecipeError(f"{where}: unknown key {sorted(unknown)[0]!r}; known keys: {_known(SECTIONS, 'stages')}")
+    recipe = Recipe()
+    for name, cls in SECTIONS.items():
+        if name in raw:
+            setattr(recipe, name, build_config(cls, raw[name], f"{where}: {name}"))
+    recipe.stages = _parse_stages(raw.get("stages") or [], where)
+    _check_values(recipe, where)
+    return recipe
+
+
+def _parse_stages(raw: Any, where: str) -> list[StageEntry]:
+    if not isinstance(raw, list):
+        raise RecipeError(f"{where}: stages must be a list like `- trim: {{...}}`")
+    entries = []
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            item = {item: {}}
+        if not isinstance(item, dict) or len(item) != 1:
+            raise RecipeError(f"{where}: stage {i + 1} must be one `name: {{options}}` mapping")
+        (name, opts), = item.items()
+        if name not in STAGES:
+            raise RecipeError(f"{where}: unknown stage {name!r}; known stages: {known_stages()}")
+        entries.append(StageEntry(name, build_config(STAGES[name].config_cls, opts or {},
+                                                     f"{where}: stage {name}")))
+    return entries
+
+
+def build_config(cls: type, raw: Any, where: str):
+    """A dataclass from a mapping: unknown keys and wrong types are errors naming what fits."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where} must be a mapping of options")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise RecipeError(f"{where}: unknown option {sorted(unknown)[0]!r}; options: {', '.join(fields)}")
+    values = {}
+    for key, value in raw.items():
+        values[key] = _coerce(value, fields[key], cls, where)
+    return cls(**values)
+
+
+def _coerce(value: Any, f: dataclasses.Field, cls: type, where: str):
+    default = f.default if f.default is not dataclasses.MISSING else None
+    hint = str(f.type)
+    if value is None:
+        if "None" in hint:
+            return None
+        raise RecipeError(f"{where}: {f.name} cannot be empty")
+    if "tuple" in hint:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
+            raise RecipeError(f"{where}: {f.name} must be a list of integers (got {value!r})")
+        return tuple(value)
+    if hint.startswith("bool") or isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where}: {f.name} must be true or false (got {value!r})")
+        return value
+    if hint.startswith("int") or isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where}: {f.name} must be an integer (got {value!r})")
+        return value
+    if hint.startswith("float") or isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{where}: {f.name} must be a number (got {value!r})")
+        return float(value)
+    if hint.startswith("str") and not isinstance(value, str):
+        raise RecipeError(f"{where}: {f.name} must be a string (got {value!r})")
+    return value
+
+
+def _check_values(recipe: Recipe, where: str) -> None:
+    from .evaluate import TASKS
+    cal = recipe.calibration
+    if cal.samples < 1 or cal.seq_len < 2:
+        raise RecipeError(f"{where}: calibration needs samples >= 1 and seq_len >= 2")
+    if cal.split == "test":
+        raise RecipeError(f"{where}: calibration must not use the test split; use validation or train")
+    if recipe.evaluate.task is not None and recipe.evaluate.task not in TASKS:
+        raise RecipeError(f"{where}: evaluate task {recipe.evaluate.task!r} unknown; tasks: {', '.join(TASKS)}")
+    if recipe.export.format not in EXPORT_FORMATS:
+        raise RecipeError(f"{where}: export format {recipe.export.format!r} is not available; "
+                          f"formats: {', '.join(EXPORT_FORMATS)}")
+    try:
+        recipe.bench.validate()
+    except Exception as e:
+        raise RecipeError(f"{where}: {e}") from None
+
+
+def _known(sections: dict, *extra: str) -> str:
+    return ", ".join(list(sections) + list(extra))

@@ -1,0 +1,74 @@
+"""report.md and its plot, built only from a CompressResult."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .table import md_table, num
+from .views import COMPARISON_HEADERS, comparison_rows, environment_line
+
+
+def summary_rows(result) -> list[list[str]]:
+    q0, q1 = result.quality["original"], result.quality["compressed"]
+    r = result.speed["ratios"]
+    rows = [[f"{q0['task']} {q0['metric']} ({q0['data']}/{q0['split']})", num(q0["value"]), num(q1["value"]),
+             f"{q1['value'] - q0['value']:+.2f}"]]
+    if result.fidelity:
+        f = result.fidelity
+        rows.append([f"fidelity {f['metric']} vs original", "", num(f["value"], 4), ""])
+    rows.append(["throughput ratio", "1.00x", f"{r['throughput']:.2f}x", ""])
+    if "decode_tokens_per_s" in r:
+        rows.append(["decode tokens/s ratio", "1.00x", f"{r['decode_tokens_per_s']:.2f}x", ""])
+    a, b = result.speed["base"], result.speed["other"]
+    rows.append(["size on disk", f"{a['size_bytes'] / 2**20:.1f} MiB", f"{b['size_bytes'] / 2**20:.1f} MiB",
+                 f"{r['size']:.2f}x"])
+    rows.append(["parameters", f"{a['params']:,}", f"{b['params']:,}", f"{r['params']:.2f}x"])
+    return rows
+
+
+def render(result) -> str:
+    a = result.speed["base"]
+    lines = [f"# slimformer report: {result.model}", ""]
+    lines += [f"> {n}" for n in result.notes] + ([""] if result.notes else [])
+    lines += ["## Summary", "", md_table(["", "original", "compressed", "change"], summary_rows(result)), ""]
+    lines += ["![quality vs speed](quality_vs_speed.png)", ""]
+    lines += ["## Stages", ""]
+    if result.stages:
+        for s in result.stages:
+            lines.append(f"- **{s['stage']}**: " + ", ".join(f"{k}={v}" for k, v in s.items() if k != "stage"))
+    else:
+        lines.append("- none")
+    lines += ["", "## Speed, memory and size (same process, back to back)", "",
+              md_table(COMPARISON_HEADERS, comparison_rows(result.speed)), "",
+              f"Machine: {environment_line(a)}.", "", "## Protocols", ""]
+    lines.append(f"- quality: {result.quality['original']['protocol']}")
+    if result.fidelity:
+        lines.append(f"- fidelity: {result.fidelity['protocol']}")
+    lines.append(f"- throughput: {a['throughput']['data']}, batch {a['throughput']['batch']}, "
+                 f"best of {a['throughput']['passes']} passes")
+    if a.get("decode"):
+        lines.append(f"- decode: {a['decode']['note']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    q0, q1 = result.quality["original"], result.quality["compressed"]
+    speed = result.speed["ratios"]["throughput"]
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    ax.scatter([1.0], [q0["value"]], label="original", marker="o", s=60)
+    ax.scatter([speed], [q1["value"]], label="compressed", marker="*", s=120)
+    ax.set_xlabel("throughput relative to original (x)")
+    ax.set_ylabel(f"{q0['metric']} ({'higher' if q0['higher_is_better'] else 'lower'} is better)")
+    ax.set_title(f"{result.model}: quality vs speed")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(result, folder: Path) -> None:
+    (folder / "report.md").write_text(render(result))
+    plot(result, folder / "quality_vs_speed.png")

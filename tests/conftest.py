@@ -1,0 +1,80 @@
+"""Tiny random-initialised models of every supported family (no download), and a tiny tokenizer."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+T.utils.logging.set_verbosity_error()
+T.utils.logging.disable_progress_bar()
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+VOCAB = 384
+POSITIONS = 128
+
+
+def _tiny_tokenizer(folder: Path) -> T.PreTrainedTokenizerFast:
+    """A byte-level BPE trained on a slice of WikiText-2 validation text: real merges, tiny vocab."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = (DATA / "wikitext2" / "wiki.valid.raw").read_text()[:200_000]
+    tok.train_from_iterator(text.splitlines(), trainer)
+    fast = T.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                     eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(folder)
+    return fast
+
+
+def tiny_configs() -> dict[str, T.PretrainedConfig]:
+    common = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    llama_like = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=96, max_position_embeddings=POSITIONS, **common)
+    return {
+        "bert": T.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=96, max_position_embeddings=POSITIONS, **common),
+        "roberta": T.RobertaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   intermediate_size=96, max_position_embeddings=POSITIONS + 2, **common),
+        "distilbert": T.DistilBertConfig(dim=64, n_layers=2, n_heads=4, hidden_dim=96,
+                                         max_position_embeddings=POSITIONS, **common),
+        "gpt2": T.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=POSITIONS, **common),
+        "llama": T.LlamaConfig(**llama_like),
+        "mistral": T.MistralConfig(**llama_like),
+        "qwen2": T.Qwen2Config(**llama_like),
+    }
+
+
+ENCODERS = ("bert", "roberta", "distilbert")
+FAMILIES = tuple(tiny_configs())
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """name -> folder of a saved tiny model with its tokenizer (built once per session)."""
+    root = tmp_path_factory.mktemp("tiny")
+    tok_dir = root / "tokenizer"
+    tok = _tiny_tokenizer(tok_dir)
+    folders = {}
+    for name, cfg in tiny_configs().items():
+        torch.manual_seed(0)
+        cls = T.AutoModel if name in ENCODERS else T.AutoModelForCausalLM
+        module = cls.from_config(cfg).eval()
+        folder = root / name
+        module.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        folders[name] = folder
+    return folders
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    """name -> loaded slimformer Model (shared: tests must not modify it; deepcopy first)."""
+    from slimformer.model import load
+    return {name: load(folder) for name, folder in tiny_dir.items()}

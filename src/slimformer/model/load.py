@@ -17,6 +17,8 @@ from .families import ENCODER_TYPES, build_arch_map, check_supported
 from .model import Model, Pooling
 from .sources import Source, require_online, resolve
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                   "tokenizer.model", "spiece.model")
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
@@ -50,6 +52,10 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
         raise ModelNotFoundError(f"{folder}: the weights cannot be loaded ({_first_line(e)}); check that "
                                  "config.json matches the weight files") from None
     module.eval()
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer without complaint; every score would be noise.
+        raise ModelNotFoundError(f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); copy the "
+                                 "tokenizer files of the original model into this folder")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as e:

@@ -40,7 +40,8 @@ class Model:
 
     @property
     def name(self) -> str:
-        return self.source
+        """The source, plus the stages applied to it (e.g. `smollm2+prune+quantize`)."""
+        return "+".join([self.source] + [entry["stage"] for entry in self.log])
 
     def check_seq_len(self, seq_len: int) -> None:
         if seq_len < 2:

@@ -59,6 +59,8 @@ def plot(result, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
     ax.scatter([1.0], [q0["value"]], label="original", marker="o", s=60)
     ax.scatter([speed], [q1["value"]], label="compressed", marker="*", s=120)
+    # Never zoom into measurement noise: show at least 0.9x .. 1.1x around the original.
+    ax.set_xlim(min(0.9, speed - 0.1), max(1.1, speed + 0.1))
     ax.set_xlabel("throughput relative to original (x)")
     ax.set_ylabel(f"{q0['metric']} ({'higher' if q0['higher_is_better'] else 'lower'} is better)")
     ax.set_title(f"{result.model}: quality vs speed")

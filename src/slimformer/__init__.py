@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 from .api import BenchConfig, bench, compress, evaluate, info, load  # noqa: E402
 from .errors import SlimformerError  # noqa: E402
 from .model import Model, save  # noqa: E402
+from . import prune  # noqa: E402,F401  (registers the prune stage)
 
 __all__ = ["BenchConfig", "Model", "SlimformerError", "bench", "compress", "evaluate", "info", "load",
            "save", "__version__"]

@@ -35,10 +35,10 @@ class CompressResult(_Serialisable):
     wall_s: float = 0.0
 
 
-def run_stages(model: Model, recipe: Recipe) -> tuple[Model, list[dict]]:
+def run_stages(model: Model, recipe: Recipe, progress: bool = True) -> tuple[Model, list[dict]]:
     """Apply the recipe's stages to a copy of `model`; the original stays untouched."""
     current = copy.deepcopy(model)
-    ctx = StageContext(original=model, calibration=recipe.calibration)
+    ctx = StageContext(original=model, calibration=recipe.calibration, progress=progress)
     logs = []
     for entry in recipe.stages:
         t0 = time.perf_counter()
@@ -57,7 +57,7 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
     t0 = time.perf_counter()
     if out is not None and Path(out).exists() and not overwrite:
         raise ConfigValueError(f"{out} already exists; choose another --out or remove it first")
-    compressed, logs = run_stages(model, recipe)
+    compressed, logs = run_stages(model, recipe, progress)
     notes = []
     if not logs:
         notes.append("The recipe has no compression stages: the model was evaluated and benchmarked "

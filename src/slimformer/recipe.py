@@ -11,15 +11,17 @@ from typing import Any
 import yaml
 
 from .bench import BenchConfig
-from .errors import RecipeError
+from .errors import RecipeError, SlimformerError
 from .stages import STAGES, known_stages
 
 
 @dataclass
 class CalibrationConfig:
-    data: str = "wikitext2"  # a bundled set or a file; never the test split
-    split: str = "validation"
-    samples: int = 64
+    """Defaults by model kind: causal LMs 64 windows of WikiText-2 validation text, encoders
+    1024 STS-B train sentences (see data/calibration.py)."""
+    data: str | None = None  # a bundled set or a file; never the test split
+    split: str | None = None
+    samples: int | None = None
     seq_len: int = 1024
     seed: int = 0
 
@@ -117,8 +119,13 @@ def _parse_stages(raw: Any, where: str) -> list[StageEntry]:
         (name, opts), = item.items()
         if name not in STAGES:
             raise RecipeError(f"{where}: unknown stage {name!r}; known stages: {known_stages()}")
-        entries.append(StageEntry(name, build_config(STAGES[name].config_cls, opts or {},
-                                                     f"{where}: stage {name}")))
+        config = build_config(STAGES[name].config_cls, opts or {}, f"{where}: stage {name}")
+        if hasattr(config, "validate"):
+            try:
+                config.validate()
+            except SlimformerError as e:
+                raise RecipeError(f"{where}: stage {name}: {e}") from None
+        entries.append(StageEntry(name, config))
     return entries
 
 
@@ -143,6 +150,14 @@ def _coerce(value: Any, f: dataclasses.Field, cls: type, where: str):
         if "None" in hint:
             return None
         raise RecipeError(f"{where}: {f.name} cannot be empty")
+    if hint.startswith("dict"):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise RecipeError(f"{where}: {f.name} must be a mapping of names to values (got {value!r})")
+        return dict(value)
+    if hint.startswith("list"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise RecipeError(f"{where}: {f.name} must be a list of strings (got {value!r})")
+        return list(value)
     if "tuple" in hint:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
             raise RecipeError(f"{where}: {f.name} must be a list of integers (got {value!r})")
@@ -167,7 +182,7 @@ def _coerce(value: Any, f: dataclasses.Field, cls: type, where: str):
 def _check_values(recipe: Recipe, where: str) -> None:
     from .evaluate import TASKS
     cal = recipe.calibration
-    if cal.samples < 1 or cal.seq_len < 2:
+    if (cal.samples is not None and cal.samples < 1) or cal.seq_len < 2:
         raise RecipeError(f"{where}: calibration needs samples >= 1 and seq_len >= 2")
     if cal.split == "test":
         raise RecipeError(f"{where}: calibration must not use the test split; use validation or train")

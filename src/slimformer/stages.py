@@ -16,6 +16,7 @@ class StageContext:
     """What a stage may need besides the model: the untouched original, and the calibration settings."""
     original: Model
     calibration: object  # CalibrationConfig (recipe.py)
+    progress: bool = True
 
 
 StageFn = Callable[[Model, object, StageContext], "tuple[Model, dict]"]

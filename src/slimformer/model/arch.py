@@ -67,6 +67,12 @@ class BlockMap:
     def linears(self) -> list[str]:
         return self.attn.linears + self.ffn.linears
 
+    @property
+    def input_groups(self) -> list[list[str]]:
+        """Linears that read the same input (q/k/v; gate/up): their input statistics are equal."""
+        ffn_in = ([self.ffn.gate] if self.ffn.gated else []) + [self.ffn.up]
+        return [self.attn.inputs, [self.attn.o], ffn_in, [self.ffn.down]]
+
 
 @dataclass(frozen=True)
 class ArchMap:

@@ -14,7 +14,9 @@ from ..atomic import atomic_dir
 from ..errors import ModelNotFoundError
 from .arch import conv1d_to_linear, get_module, set_module
 from .families import ENCODER_TYPES, build_arch_map, check_supported
+from . import sparse_io
 from .model import Model, Pooling
+from .save import META_FILE, SPARSE_WEIGHTS
 from .sources import Source, require_online, resolve
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
@@ -46,9 +48,15 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
                                  "pass a valid HF model folder") from None
     check_supported(getattr(cfg, "model_type", None))
     cls = AutoModel if cfg.model_type in ENCODER_TYPES else AutoModelForCausalLM
+    meta = _slimformer_meta(folder)
+    masks: dict = {}
     try:
-        module = cls.from_pretrained(folder, config=cfg, dtype=dtype, trust_remote_code=False)
-    except (RuntimeError, OSError, ValueError) as e:
+        if meta.get("weights") == SPARSE_WEIGHTS:
+            module, masks = _load_slimformer_weights(cls, cfg, folder, meta, dtype)
+        else:
+            module = cls.from_pretrained(folder, config=cfg, dtype=dtype, trust_remote_code=False)
+            _normalise_conv1d(module)
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
         raise ModelNotFoundError(f"{folder}: the weights cannot be loaded ({_first_line(e)}); check that "
                                  "config.json matches the weight files") from None
     module.eval()
@@ -63,12 +71,36 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
                                  "files of the original model into this folder") from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # batched LM scoring needs a pad id (masked out)
-    _normalise_conv1d(module)
     arch = build_arch_map(module)
     pooling, extra = _sentence_transformers_config(folder)
     weights = [p for pat in ("*.safetensors", "*.bin") for p in folder.glob(pat)]
     return Model(module=module, tokenizer=tokenizer, arch=arch, source=str(folder), path=folder,
-                 pooling=pooling, extra_files=extra, source_bytes=sum(p.stat().st_size for p in weights))
+                 pooling=pooling, extra_files=extra, log=list(meta.get("stages", [])), masks=masks,
+                 source_bytes=sum(p.stat().st_size for p in weights))
+
+
+def _slimformer_meta(folder: Path) -> dict:
+    path = folder / META_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _load_slimformer_weights(cls, cfg, folder: Path, meta: dict, dtype: torch.dtype):
+    """A folder with pruned weights stored compressed (see save.py / sparse_io.py)."""
+    from safetensors.torch import load_file
+    module = cls.from_config(cfg, dtype=dtype)
+    _normalise_conv1d(module)  # the file holds the linear [out, in] layout
+    stored = load_file(str(folder / SPARSE_WEIGHTS))
+    state, masks = {}, {}
+    for key in sparse_io.packed_names(stored):
+        state[key], keep = sparse_io.unpack(key, stored)
+        masks[key[: -len(".weight")]] = keep
+    state.update({k: v for k, v in stored.items() if not k.endswith(sparse_io.SUFFIXES)})
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - set(meta.get("tied", {})):
+        raise KeyError(f"{SPARSE_WEIGHTS} does not match the config (missing {sorted(missing)[:3]}, "
+                       f"unexpected {sorted(unexpected)[:3]})")
+    module.tie_weights()
+    return module, masks
 
 
 def _normalise_conv1d(module) -> None:

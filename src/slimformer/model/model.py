@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import ConfigValueError
@@ -28,6 +29,7 @@ class Model:
     pooling: Pooling = field(default_factory=Pooling)
     extra_files: dict[str, bytes] = field(default_factory=dict)  # e.g. sentence-transformers configs
     log: list[dict] = field(default_factory=list)  # one entry per stage applied
+    masks: dict = field(default_factory=dict)  # linear name -> bool keep-mask (pruned weights stay 0)
     source_bytes: int | None = None  # size on disk of what was loaded (weight files, or the .gguf)
 
     @property
@@ -42,6 +44,12 @@ class Model:
     def name(self) -> str:
         """The source, plus the stages applied to it (e.g. `smollm2+prune+quantize`)."""
         return "+".join([self.source] + [entry["stage"] for entry in self.log])
+
+    def apply_masks(self) -> None:
+        """Re-zero pruned weights (after an optimizer step, say)."""
+        with torch.no_grad():
+            for name, keep in self.masks.items():
+                self.module.get_submodule(name).weight.mul_(keep)
 
     def check_seq_len(self, seq_len: int) -> None:
         if seq_len < 2:

@@ -1,35 +1,73 @@
-"""Save a Model as a standard HF folder (safetensors) that plain transformers can load."""
+"""Save a Model: a standard HF folder (dense), or with pruned weights stored compressed.
+
+Dense models are written with transformers' save_pretrained, so plain transformers loads them.
+A model with pruning masks is written as `slimformer.safetensors` (pruned weights in the
+bitmask-v1 layout of sparse_io.py, the rest as is, linear [out, in] layout) plus the usual
+config and tokenizer; `slimformer.load` restores bit-identical weights and masks. Plain
+transformers refuses such a folder (no model.safetensors) instead of loading it wrongly.
+"""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 import slimformer
 
 from ..atomic import atomic_dir
+from . import sparse_io
 from .model import Model
 
 META_FILE = "slimformer.json"
+SPARSE_WEIGHTS = "slimformer.safetensors"
 
 
-def save(model: Model, out: str | os.PathLike, overwrite: bool = False) -> Path:
+def save(model: Model, out: str | os.PathLike, overwrite: bool = False, dense: bool = False) -> Path:
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        write_folder(model, tmp)
+        write_folder(model, tmp, dense=dense)
     return out
 
 
-def write_folder(model: Model, folder: Path) -> None:
+def write_folder(model: Model, folder: Path, dense: bool = False) -> None:
+    meta = {"slimformer_version": slimformer.__version__, "source": model.source, "stages": model.log}
+    if model.masks and not dense:
+        meta.update(_write_sparse(model, folder))
+    else:
+        _write_dense(model, folder)
+    model.tokenizer.save_pretrained(folder)
+    for rel, data in model.extra_files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def _write_dense(model: Model, folder: Path) -> None:
     state = model.module.state_dict()
     # GPT-2 Conv1D weights were turned into Linear [out, in] at load; store them as
     # transformers expects ([in, out]) so the folder loads without slimformer.
     for name in model.arch.conv1d_transposed:
         state[f"{name}.weight"] = state[f"{name}.weight"].t().contiguous()
     model.module.save_pretrained(folder, state_dict=state)
-    model.tokenizer.save_pretrained(folder)
-    for rel, data in model.extra_files.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(data)
-    meta = {"slimformer_version": slimformer.__version__, "source": model.source, "stages": model.log}
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _write_sparse(model: Model, folder: Path) -> dict:
+    tensors, tied, seen = {}, {}, {}
+    masked = {f"{n}.weight": n for n in model.masks}
+    for key, t in model.module.state_dict().items():
+        if t.data_ptr() in seen and t.numel():  # tied weights are stored once
+            tied[key] = seen[t.data_ptr()]
+            continue
+        seen[t.data_ptr()] = key
+        if key in masked:
+            tensors.update(sparse_io.pack(key, t, model.masks[masked[key]]))
+        else:
+            tensors[key] = t.contiguous()
+    save_file(tensors, str(folder / SPARSE_WEIGHTS), metadata={"format": "pt", "slimformer": sparse_io.FORMAT})
+    model.module.config.save_pretrained(folder)
+    if getattr(model.module, "generation_config", None) is not None and model.module.can_generate():
+        model.module.generation_config.save_pretrained(folder)
+    return {"weights": SPARSE_WEIGHTS, "layout": "linear",
+            "sparse": {"format": sparse_io.FORMAT, "tensors": sorted(masked)}, "tied": tied}

@@ -1,0 +1,40 @@
+"""Making a calibration Hessian safe to invert (shared by SparseGPT and GPTQ).
+
+Dead input channels (never active in calibration) get H_jj = 1 and their weights zeroed, as
+they carry no information; dampening adds `damp` x mean(diag H) to the diagonal; if Cholesky
+still fails (not positive definite in floating point), dampening is multiplied by 10 and
+retried, and the retry is reported rather than crashing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class HessianInfo:
+    damp: float  # relative dampening finally used
+    retries: int
+    dead_channels: int
+
+
+def inverse_cholesky(H: torch.Tensor, W: torch.Tensor, damp: float = 0.01,
+                     max_retries: int = 6) -> tuple[torch.Tensor, HessianInfo]:
+    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U); zeroes W's dead columns in place."""
+    H = H.clone().double()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0
+    mean_diag = torch.diag(H).mean()
+    eye = torch.eye(H.shape[0], dtype=H.dtype)
+    rel = damp
+    for attempt in range(max_retries + 1):
+        L, info = torch.linalg.cholesky_ex(H + rel * mean_diag * eye)
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info2 = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if int(info2) == 0:
+                return U.float(), HessianInfo(rel, attempt, int(dead.sum()))
+        rel *= 10
+    raise FloatingPointError(f"Hessian not positive definite even with dampening {rel / 10:g}")

@@ -1,0 +1,85 @@
+"""Per-linear input statistics, collected by forward hooks while calibration data runs.
+
+A method asks for what it needs: "norms" (sum of squares per input channel: Wanda, OWL),
+"hessian" (sum of x x^T: SparseGPT, GPTQ), "absmax" (max |x| per channel: SmoothQuant, ranges).
+Padding positions are excluded through the token mask the engine sets per sample.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+KINDS = ("norms", "hessian", "absmax")
+
+
+@dataclass
+class LinearStats:
+    want: frozenset
+    n: int = 0  # tokens seen
+    sq_sum: torch.Tensor | None = None  # [in]
+    xtx: torch.Tensor | None = None  # [in, in], float64 for a well-conditioned sum
+    absmax: torch.Tensor | None = None  # [in]
+    token_mask: torch.Tensor | None = field(default=None, repr=False)  # set by the engine per sample
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach()
+        if self.token_mask is not None:
+            x = x[self.token_mask]
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.n += x.shape[0]
+        if "norms" in self.want:
+            s = x.pow(2).sum(0)
+            self.sq_sum = s if self.sq_sum is None else self.sq_sum + s
+        if "hessian" in self.want:
+            h = (x.T @ x).double()
+            self.xtx = h if self.xtx is None else self.xtx + h
+        if "absmax" in self.want:
+            a = x.abs().amax(0)
+            self.absmax = a if self.absmax is None else torch.maximum(self.absmax, a)
+
+    @property
+    def norms(self) -> torch.Tensor:
+        """||X_j||_2 over every calibration token, per input channel (Wanda's activation term)."""
+        return self.sq_sum.sqrt()
+
+    def hessian(self) -> torch.Tensor:
+        """H = 2/n X^T X (float32), the layer-wise reconstruction Hessian of SparseGPT / GPTQ."""
+        return (self.xtx * (2.0 / max(self.n, 1))).float()
+
+
+class StatsCollector:
+    """Hooks on the linears of one block; removed by close().
+
+    `groups` lists linears that read the same input (q/k/v, gate/up): one hook and one
+    LinearStats serve the whole group, so a Hessian is accumulated once, not three times.
+    """
+
+    def __init__(self, root: nn.Module, groups: list[list[str]], want: set[str]):
+        unknown = set(want) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown statistics {sorted(unknown)}; known: {KINDS}")
+        self.stats: dict[str, LinearStats] = {}
+        self._shared: list[LinearStats] = []
+        self._handles = []
+        for group in (g for g in groups if g):
+            shared = LinearStats(frozenset(want))
+            self._shared.append(shared)
+            self.stats.update({name: shared for name in group})
+            self._handles.append(root.get_submodule(group[0]).register_forward_hook(self._hook(shared)))
+
+    @staticmethod
+    def _hook(stats: LinearStats):
+        def hook(module, args, output):
+            stats.update(args[0])
+        return hook
+
+    def set_token_mask(self, mask: torch.Tensor | None) -> None:
+        for s in self._shared:
+            s.token_mask = mask
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self.set_token_mask(None)

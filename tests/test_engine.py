@@ -1,0 +1,89 @@
+"""The sequential calibration engine: statistics equal those of a plain forward pass, padding is
+excluded, and the Hessian preparation survives degenerate input."""
+import copy
+
+import pytest
+import torch
+
+from slimformer.data.calibration import calibration_set
+from slimformer.engine import run_sequential
+from slimformer.engine.hessian import inverse_cholesky
+from slimformer.model import get_module
+
+
+def _reference_inputs(model, calib, name):
+    """Inputs of linear `name` in a plain forward of the whole (unchanged) model."""
+    seen = []
+    h = get_module(model.module, name).register_forward_hook(lambda m, a, o: seen.append(a[0].detach()))
+    with torch.no_grad():
+        for b in calib.batches:
+            model.module(**b)
+    h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "distilbert"])
+def test_stats_match_a_plain_forward(tiny, family):
+    model = copy.deepcopy(tiny[family])
+    calib = calibration_set(model, samples=6, seq_len=48)
+    collected = {}
+
+    def keep(model, blk, stats):
+        collected.update({n: (s.norms.clone(), s.hessian().clone(), s.n) for n, s in stats.items()})
+        return {}
+
+    run_sequential(model, calib, keep, {"norms", "hessian"}, progress=False)
+    last = model.arch.blocks[-1]
+    for name in (last.attn.o, last.ffn.down, last.attn.inputs[0]):
+        xs = _reference_inputs(model, calib, name)
+        rows = []
+        for x, b in zip(xs, calib.batches):
+            mask = b.get("attention_mask")
+            rows.append(x[mask.bool()] if mask is not None else x.reshape(-1, x.shape[-1]))
+        X = torch.cat(rows).double()
+        norms, H, n = collected[name]
+        assert n == X.shape[0] == calib.tokens
+        torch.testing.assert_close(norms.double(), X.pow(2).sum(0).sqrt(), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(H.double(), 2 * X.T @ X / n, rtol=1e-4, atol=1e-4)
+
+
+def test_qkv_share_one_statistics_object(tiny):
+    model = copy.deepcopy(tiny["llama"])
+    calib = calibration_set(model, samples=2, seq_len=16)
+    seen = []
+    run_sequential(model, calib, lambda m, blk, stats: seen.append(stats) or {}, {"norms"}, progress=False)
+    a = model.arch.blocks[0].attn
+    assert seen[0][a.q] is seen[0][a.k] is seen[0][a.v]
+
+
+def test_rewritten_block_feeds_the_next(tiny):
+    """Zeroing block 0's output projection must change what block 1 sees."""
+    model = copy.deepcopy(tiny["llama"])
+    calib = calibration_set(model, samples=2, seq_len=16)
+    norms = []
+
+    def rewrite(model, blk, stats):
+        norms.append(stats[blk.attn.q].norms.clone())
+        if blk.index == 0:
+            get_module(model.module, blk.attn.o).weight.data.zero_()
+            get_module(model.module, blk.ffn.down).weight.data.zero_()
+        return {}
+
+    run_sequential(model, calib, rewrite, {"norms"}, progress=False)
+    # Block 1's input is now block 0's input (both residual branches zeroed): same norms up to
+    # the RMSNorm weights, which are ones at initialisation.
+    torch.testing.assert_close(norms[1], norms[0], rtol=1e-4, atol=1e-4)
+
+
+def test_hessian_dead_channels_and_retries():
+    torch.manual_seed(0)
+    X = torch.randn(5, 8)  # 5 tokens, 8 channels: rank-deficient
+    X[:, 3] = 0  # a dead channel
+    H = 2 * X.T @ X / 5
+    W = torch.randn(4, 8)
+    U, info = inverse_cholesky(H, W, damp=1e-12)
+    assert info.dead_channels == 1 and bool((W[:, 3] == 0).all())
+    assert torch.isfinite(U).all()
+    H_neg = -torch.eye(8)  # not positive definite at all: retries, then a clear error
+    with pytest.raises(FloatingPointError, match="positive definite"):
+        inverse_cholesky(H_neg, torch.randn(2, 8), damp=0.01, max_retries=2)

@@ -87,3 +87,22 @@ def test_hessian_dead_channels_and_retries():
     H_neg = -torch.eye(8)  # not positive definite at all: retries, then a clear error
     with pytest.raises(FloatingPointError, match="positive definite"):
         inverse_cholesky(H_neg, torch.randn(2, 8), damp=0.01, max_retries=2)
+
+
+def test_calibration_defaults_seed_and_hash(tiny):
+    lm, enc = tiny["llama"], tiny["bert"]
+    a = calibration_set(lm, samples=3, seq_len=32, seed=1)
+    b = calibration_set(lm, samples=3, seq_len=32, seed=1)
+    c = calibration_set(lm, samples=3, seq_len=32, seed=2)
+    assert a.sha256 == b.sha256 != c.sha256
+    assert a.data == "wikitext2" and a.split == "validation" and a.tokens == 96
+    assert all(x["input_ids"].shape == (1, 32) for x in a.batches)
+    e = calibration_set(enc, samples=40, seq_len=64)
+    assert e.data == "stsb" and e.split == "train" and e.samples == 40 and len(e.batches) == 2
+    assert e.tokens == sum(int(x["attention_mask"].sum()) for x in e.batches)
+
+
+def test_calibration_never_uses_test_split(tiny):
+    from slimformer.errors import DataError
+    with pytest.raises(DataError, match="test split"):
+        calibration_set(tiny["llama"], split="test")

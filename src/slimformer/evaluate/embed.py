@@ -29,7 +29,6 @@ def tokenize_sentences(model: Model, sentences: list[str]) -> dict:
 def encode(model: Model, sentences: list[str], batch_size: int = 64) -> torch.Tensor:
     """[n, hidden] embeddings; batches are formed by length (less padding), order is restored."""
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
-    out = torch.empty(0)
     chunks = []
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
@@ -38,7 +37,8 @@ def encode(model: Model, sentences: list[str], batch_size: int = 64) -> torch.Te
         if model.pooling.normalize:
             emb = torch.nn.functional.normalize(emb, dim=-1)
         chunks.append(emb.float())
-    if chunks:
-        out = torch.empty(len(sentences), chunks[0].shape[1])
-        out[torch.tensor(order)] = torch.cat(chunks)
+    if not chunks:
+        return torch.empty(0)
+    out = torch.empty(len(sentences), chunks[0].shape[1])
+    out[torch.tensor(order)] = torch.cat(chunks)
     return out

@@ -47,6 +47,10 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
         raise ModelNotFoundError(f"{folder}: config.json cannot be read ({_first_line(e)}); "
                                  "pass a valid HF model folder") from None
     check_supported(getattr(cfg, "model_type", None))
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer without complaint; every score would be noise.
+        raise ModelNotFoundError(f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); copy the "
+                                 "tokenizer files of the original model into this folder")
     cls = AutoModel if cfg.model_type in ENCODER_TYPES else AutoModelForCausalLM
     meta = _slimformer_meta(folder)
     masks: dict = {}
@@ -60,10 +64,6 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
         raise ModelNotFoundError(f"{folder}: the weights cannot be loaded ({_first_line(e)}); check that "
                                  "config.json matches the weight files") from None
     module.eval()
-    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        # transformers would build an empty tokenizer without complaint; every score would be noise.
-        raise ModelNotFoundError(f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); copy the "
-                                 "tokenizer files of the original model into this folder")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as e:

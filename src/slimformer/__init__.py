@@ -5,6 +5,7 @@ from .api import BenchConfig, bench, compress, evaluate, info, load  # noqa: E40
 from .errors import SlimformerError  # noqa: E402
 from .model import Model, save  # noqa: E402
 from . import prune  # noqa: E402,F401  (registers the prune stage)
+from . import quant  # noqa: E402,F401  (registers the quantize stage)
 
 __all__ = ["BenchConfig", "Model", "SlimformerError", "bench", "compress", "evaluate", "info", "load",
            "save", "__version__"]

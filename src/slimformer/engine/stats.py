@@ -1,7 +1,8 @@
 """Per-linear input statistics, collected by forward hooks while calibration data runs.
 
 A method asks for what it needs: "norms" (sum of squares per input channel: Wanda, OWL),
-"hessian" (sum of x x^T: SparseGPT, GPTQ), "absmax" (max |x| per channel: SmoothQuant, ranges).
+"hessian" (sum of x x^T: SparseGPT, GPTQ), "absmax" (max |x| per channel: SmoothQuant, ranges), "sample" (up to SAMPLE_ROWS random token
+rows of every forward call, with a fixed seed: AWQ's scale search).
 Padding positions are excluded through the token mask the engine sets per sample.
 """
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-KINDS = ("norms", "hessian", "absmax")
+KINDS = ("norms", "hessian", "absmax", "sample")
+SAMPLE_ROWS = 128  # per forward call; 64 calibration windows give 8192 tokens
 
 
 @dataclass
@@ -21,6 +23,7 @@ class LinearStats:
     sq_sum: torch.Tensor | None = None  # [in]
     xtx: torch.Tensor | None = None  # [in, in], float64 for a well-conditioned sum
     absmax: torch.Tensor | None = None  # [in]
+    rows: list = field(default_factory=list, repr=False)  # sampled token rows, [k, in] each
     token_mask: torch.Tensor | None = field(default=None, repr=False)  # set by the engine per sample
 
     def update(self, x: torch.Tensor) -> None:
@@ -38,6 +41,14 @@ class LinearStats:
         if "absmax" in self.want:
             a = x.abs().amax(0)
             self.absmax = a if self.absmax is None else torch.maximum(self.absmax, a)
+        if "sample" in self.want:
+            g = torch.Generator().manual_seed(len(self.rows))
+            pick = torch.randperm(x.shape[0], generator=g)[:SAMPLE_ROWS]
+            self.rows.append(x[pick].clone())
+
+    def samples(self) -> torch.Tensor:
+        """The sampled input rows, [tokens, in]."""
+        return torch.cat(self.rows)
 
     @property
     def norms(self) -> torch.Tensor:

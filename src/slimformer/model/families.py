@@ -154,7 +154,8 @@ def _check_shapes(root: nn.Module, arch: ArchMap) -> None:
         if blk.ffn.gate:
             expected[blk.ffn.gate] = blk.ffn.width
         for name, rows in expected.items():
-            got = get_module(root, name).weight.shape[0]
+            mod = get_module(root, name)
+            got = getattr(mod, "out_features", None) or mod.weight.shape[0]
             if got != rows:
                 raise UnsupportedModelError(
                     f"{name} has {got} output rows but the config implies {rows}; "

@@ -49,7 +49,9 @@ class Model:
         """Re-zero pruned weights (after an optimizer step, say)."""
         with torch.no_grad():
             for name, keep in self.masks.items():
-                self.module.get_submodule(name).weight.mul_(keep)
+                weight = getattr(self.module.get_submodule(name), "weight", None)
+                if weight is not None:  # a quantized layer holds its zeros as codes equal to z
+                    weight.mul_(keep)
 
     def check_seq_len(self, seq_len: int) -> None:
         if seq_len < 2:

@@ -1,9 +1,11 @@
 """Save a Model: a standard HF folder (dense), or with pruned weights stored compressed.
 
 Dense models are written with transformers' save_pretrained, so plain transformers loads them.
-A model with pruning masks is written as `slimformer.safetensors` (pruned weights in the
-bitmask-v1 layout of sparse_io.py, the rest as is, linear [out, in] layout) plus the usual
-config and tokenizer; `slimformer.load` restores bit-identical weights and masks. Plain
+A model with pruning masks or quantized linears is written as `slimformer.safetensors` (pruned
+weights in the bitmask-v1 layout of sparse_io.py; quantized linears as their QuantLinear buffers,
+`<name>.qweight / .scales / .zeros [/ .bias / .input_scale / .act_scale]`, described per layer in
+slimformer.json under "quant"; the rest as is, linear [out, in] layout) plus the usual config
+and tokenizer; `slimformer.load` restores bit-identical weights, masks and kernels. Plain
 transformers refuses such a folder (no model.safetensors) instead of loading it wrongly.
 """
 from __future__ import annotations
@@ -33,7 +35,9 @@ def save(model: Model, out: str | os.PathLike, overwrite: bool = False, dense: b
 
 def write_folder(model: Model, folder: Path, dense: bool = False) -> None:
     meta = {"slimformer_version": slimformer.__version__, "source": model.source, "stages": model.log}
-    if model.masks and not dense:
+    if quantized_layers(model) and dense:
+        raise ValueError("a quantized model cannot be saved dense; save it without dense=True")
+    if (model.masks or quantized_layers(model)) and not dense:
         meta.update(_write_sparse(model, folder))
     else:
         _write_dense(model, folder)
@@ -42,6 +46,11 @@ def write_folder(model: Model, folder: Path, dense: bool = False) -> None:
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(data)
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def quantized_layers(model: Model) -> dict[str, dict]:
+    from ..quant.modules import QuantLinear
+    return {n: m.describe() for n, m in model.module.named_modules() if isinstance(m, QuantLinear)}
 
 
 def _write_dense(model: Model, folder: Path) -> None:
@@ -55,8 +64,9 @@ def _write_dense(model: Model, folder: Path) -> None:
 
 def _write_sparse(model: Model, folder: Path) -> dict:
     tensors, tied, seen = {}, {}, {}
-    masked = {f"{n}.weight": n for n in model.masks}
-    for key, t in model.module.state_dict().items():
+    state = model.module.state_dict()
+    masked = {f"{n}.weight": n for n in model.masks if f"{n}.weight" in state}
+    for key, t in state.items():
         if t.data_ptr() in seen and t.numel():  # tied weights are stored once
             tied[key] = seen[t.data_ptr()]
             continue
@@ -69,5 +79,9 @@ def _write_sparse(model: Model, folder: Path) -> dict:
     model.module.config.save_pretrained(folder)
     if getattr(model.module, "generation_config", None) is not None and model.module.can_generate():
         model.module.generation_config.save_pretrained(folder)
-    return {"weights": SPARSE_WEIGHTS, "layout": "linear",
+    meta = {"weights": SPARSE_WEIGHTS, "layout": "linear",
             "sparse": {"format": sparse_io.FORMAT, "tensors": sorted(masked)}, "tied": tied}
+    quant = quantized_layers(model)
+    if quant:
+        meta["quant"] = {"format": "slimq-v1", "layers": quant}
+    return meta

@@ -1,0 +1,96 @@
+"""The integer kernels quantized linears run on, chosen by measurement on this CPU (see README).
+
+Measured with torch 2.13 on one AVX-512 VNNI core (benchmarks/kernels.py):
+- int8 weights x dynamically quantized 8-bit activations: fbgemm's `quantized::linear_dynamic`
+  (quantize, VNNI GEMM and requantize fused) is 2.4x faster than fp32 for one token and 12x on
+  an LM head; for many tokens, `torch._int_mm` (oneDNN int8 GEMM, int32 out) with per-token
+  scales applied around it.
+- int4 weights: `_weight_int4pack_mm_for_cpu` runs fast only with bf16 activations (1.5x fp32
+  for one token; 20x slower than fp32 with fp32 activations), so activations are cast to bf16.
+- int8 weight-only `_weight_int8pack_mm` is slower than fp32 with fp32 activations and 1.3x
+  faster with bf16 ones.
+
+Activation quantization here is asymmetric 8-bit (zero point), per token: what fbgemm does for
+a single row, so decoding (one token per step) and scoring (many tokens) compute the same thing.
+"""
+from __future__ import annotations
+
+import torch
+
+KERNEL_GROUPS = (256, 128, 64, 32)
+
+
+def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row asymmetric int8: x ~ s * (q - z); returns (q int8 [M, K], s [M, 1], z [M, 1])."""
+    lo = x.amin(-1, keepdim=True).clamp_(max=0)
+    hi = x.amax(-1, keepdim=True).clamp_(min=0)
+    s = (hi - lo).div_(255)
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    z = torch.round(-128 - lo / s)
+    q = torch.round(x / s).add_(z).clamp_(-128, 127).to(torch.int8)
+    return q, s, z
+
+
+def int8_per_token(x2: torch.Tensor, w_t: torch.Tensor, w_colsum: torch.Tensor,
+                   w_scale: torch.Tensor) -> torch.Tensor:
+    """x2 [M, K] fp32; w_t [K, N] int8 (a transposed view); returns fp32 [M, N]."""
+    q, s, z = quantize_tokens(x2)
+    acc = torch._int_mm(q, w_t).to(torch.float32)
+    acc = torch.addr(acc, z.view(-1), w_colsum, alpha=-1)  # remove the activation zero point
+    return acc.mul_(s).mul_(w_scale)
+
+
+def int8_static(x2: torch.Tensor, inv_scale: torch.Tensor, w_t: torch.Tensor, out_scale: torch.Tensor
+                ) -> torch.Tensor:
+    """Symmetric per-tensor activations with a calibrated scale; inv_scale may be a [K] vector
+    (SmoothQuant's 1/s folded with 1/act_scale)."""
+    q = torch.round(x2 * inv_scale).clamp_(-128, 127).to(torch.int8)
+    return torch._int_mm(q, w_t).to(torch.float32).mul_(out_scale)
+
+
+def fbgemm_pack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    """Prepacked fbgemm weight from int8 codes [N, K] with per-row scales (symmetric)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized-tensor constructors warn of deprecation
+        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(qw, bias)
+
+
+def fbgemm_dynamic(x2: torch.Tensor, packed) -> torch.Tensor:
+    return torch.ops.quantized.linear_dynamic(x2, packed, False)
+
+
+def kernel_group(in_features: int, group_size: int) -> int | None:
+    """Group size the int4 kernel can use to hold groups of `group_size` exactly (a divisor of
+    both, since a wide group is the same scale repeated over narrower ones), or None."""
+    for g in KERNEL_GROUPS:
+        if in_features % g == 0 and (group_size == 0 or group_size % g == 0):
+            return g
+    return None
+
+
+def int4_pack(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int):
+    """(packed weight, bf16 scales_and_zeros, kernel group) for `_weight_int4pack_mm_for_cpu`.
+
+    That kernel computes W = (u - 8) * scale + zero with u in [0, 15]; ours is W = s * (q - z) with
+    q = u - 8, so scale = s and zero = -s * z.
+    """
+    n, k = q.shape
+    gk = kernel_group(k, group_size)
+    if gk is None:
+        raise ValueError(f"no int4 kernel group divides in_features {k} and group {group_size}")
+    width = group_size or k
+    src = torch.arange(0, k, gk) // width  # stored group of each kernel group
+    s = scales[:, src].T.float()
+    zero = -(s * zeros[:, src].T.float())
+    packed = torch._convert_weight_to_int4pack_for_cpu((q.to(torch.int32) + 8), 1)
+    return packed, torch.stack([s, zero], -1).to(torch.bfloat16).contiguous(), gk
+
+
+def int4_mm(x2: torch.Tensor, packed, scales_zeros: torch.Tensor, gk: int) -> torch.Tensor:
+    return torch._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16), packed, gk, scales_zeros).float()
+
+
+def int8_weight_mm(x2: torch.Tensor, q: torch.Tensor, scale_bf16: torch.Tensor) -> torch.Tensor:
+    return torch._weight_int8pack_mm(x2.to(torch.bfloat16), q, scale_bf16).float()

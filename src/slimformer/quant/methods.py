@@ -1,0 +1,121 @@
+"""The weight-quantization methods, as pure functions over tensors and calibration statistics.
+
+RTN: every group rounded to its nearest grid point (spec.quantize).
+GPTQ (Frantar et al. 2022): columns quantized left to right (or in order of decreasing Hessian
+diagonal, `act_order`); each column's rounding error, divided by the diagonal of the upper
+Cholesky factor U of H^-1 (H = 2 X^T X / n), is spread over the not-yet-quantized columns through
+U's row, and whole blocks of columns are updated lazily in one matrix product. Group scales are
+taken from the partially updated weights when a group starts (from the original weights under
+act_order, the "static groups" variant, so that stored groups stay contiguous).
+AWQ (Lin et al. 2023): per-input-channel scales s = mean|x|^alpha (normalised), alpha searched on
+a grid to minimise || X W^T - (X / s) Q(W s)^T ||^2 over the linears that share the input.
+SmoothQuant (Xiao et al. 2023): s_j = max|X_j|^alpha / max|W_:,j|^(1 - alpha), moving activation
+outliers into the weights before both are quantized to int8.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..engine.hessian import HessianInfo, inverse_cholesky
+from .spec import QuantSpec, params_for, quantize, quantize_with
+
+
+@dataclass
+class GPTQResult:
+    q: torch.Tensor  # int8 codes [out, in]
+    scales: torch.Tensor  # [out, groups]
+    zeros: torch.Tensor  # int8 [out, groups]
+    info: HessianInfo
+
+
+def rtn(W: torch.Tensor, spec: QuantSpec):
+    return quantize(W, spec)
+
+
+@torch.no_grad()
+def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128, damp: float = 0.01,
+         act_order: bool = False, keep: torch.Tensor | None = None) -> GPTQResult:
+    """GPTQ on one linear. `keep` (a pruning mask) keeps pruned weights exactly zero."""
+    W = W.detach().clone().float()
+    rows, cols = W.shape
+    width = spec.width(cols)
+    n_groups = spec.groups(cols)
+    H = H.clone()
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
+    # Dead channels are handled (and their weights zeroed) in the original order, then permuted.
+    U, info = inverse_cholesky(H[perm][:, perm], W[:, perm], damp)
+    W[:, torch.diag(H) == 0] = 0
+    scales = torch.ones(rows, n_groups)
+    zeros = torch.zeros(rows, n_groups)
+    if act_order or not spec.group_size:  # static groups: parameters from the original weights
+        for g, c0 in enumerate(range(0, cols, width)):
+            scales[:, g], zeros[:, g] = params_for(W[:, c0:c0 + width], spec)
+    Wp = W[:, perm]
+    keep_p = keep[:, perm] if keep is not None else None
+    Q = torch.zeros_like(Wp)
+    if spec.group_size and not act_order:  # groups never straddle a column block
+        blocksize = width * max(1, blocksize // width)
+    for b0 in range(0, cols, blocksize):
+        b1 = min(b0 + blocksize, cols)
+        W1 = Wp[:, b0:b1].clone()
+        U1 = U[b0:b1, b0:b1]
+        err1 = torch.zeros_like(W1)
+        for i in range(b1 - b0):
+            c = int(perm[b0 + i])
+            g = c // width
+            if spec.group_size and not act_order and c % width == 0:
+                scales[:, g], zeros[:, g] = params_for(W1[:, i:i + width], spec)
+            w = W1[:, i]
+            s, z = scales[:, g], zeros[:, g]
+            deq = (quantize_with(w[:, None], s, z, spec)[:, 0] - z) * s
+            if keep_p is not None:
+                deq = deq * keep_p[:, b0 + i]
+            e = (w - deq) / U1[i, i]
+            W1[:, i:] -= e[:, None] * U1[i, i:][None, :]
+            Q[:, b0 + i] = deq
+            err1[:, i] = e
+        Wp[:, b1:] -= err1 @ U[b0:b1, b1:]
+    deq = torch.empty_like(Q)
+    deq[:, perm] = Q
+    g_of = torch.arange(cols) // width
+    q = torch.round(deq / scales[:, g_of] + zeros[:, g_of]).clamp(spec.qmin, spec.qmax)
+    return GPTQResult(q.to(torch.int8), scales, zeros.to(torch.int8), info)
+
+
+def awq_loss(Ws: list[torch.Tensor], X: torch.Tensor, s: torch.Tensor, spec: QuantSpec) -> float:
+    """Output error of the linears `Ws` (sharing input X [n, in]) quantized after scaling by s."""
+    from .spec import fake_quantize
+    Xs = X / s[None, :]
+    total = 0.0
+    for W in Ws:
+        ref = X @ W.T
+        total += float((Xs @ fake_quantize(W * s[None, :], spec).T - ref).pow(2).sum())
+    return total
+
+
+@torch.no_grad()
+def awq_scales(Ws: list[torch.Tensor], X: torch.Tensor, spec: QuantSpec, grid: int = 20
+               ) -> tuple[torch.Tensor, float, list[float]]:
+    """(scales [in], chosen alpha, loss per alpha) for linears sharing the input X [n, in]."""
+    Ws = [W.float() for W in Ws]
+    X = X.float()
+    x_mean = X.abs().mean(0)
+    losses, best = [], (float("inf"), None, 0.0)
+    for k in range(grid):
+        alpha = k / grid
+        s = x_mean.pow(alpha).clamp(min=1e-4)
+        s = s / (s.max() * s.min()).sqrt()
+        loss = awq_loss(Ws, X, s, spec)
+        losses.append(loss)
+        if loss < best[0]:
+            best = (loss, s, alpha)
+    return best[1], best[2], losses
+
+
+def smoothquant_scales(act_absmax: torch.Tensor, Ws: list[torch.Tensor], alpha: float = 0.5) -> torch.Tensor:
+    """Per-input-channel s: X / s and W * s are then equally easy to quantize (alpha = 0.5)."""
+    w_absmax = torch.stack([W.abs().amax(0).float() for W in Ws]).amax(0)
+    s = act_absmax.float().clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)
+    return s.clamp(min=1e-5)

@@ -1,0 +1,159 @@
+"""QuantLinear: a linear layer stored as integer codes that runs on an integer kernel.
+
+Stored (state_dict, what is saved): `qweight` (int8 [out, in], or for <= 4 bits two codes per
+byte, uint8 [out, ceil(in / 2)]), `scales` fp32 [out, groups], `zeros` int8 [out, groups],
+optional `bias`, optional `input_scale` [in] (a smoothing factor x -> x * input_scale that could
+not be folded into a preceding layer), optional `act_scale` (static activation range).
+Kernel-specific packed forms are rebuilt from those on first use, so a saved and reloaded layer
+computes bit-identical outputs.
+
+Kernels (kernels.py): "int8_dynamic" (int8 weights, 8-bit per-token dynamic activations),
+"int8_static" (calibrated per-tensor activation scale), "int4_weight" (int4 weights, bf16
+activations), "int8_weight" (int8 weights, bf16 activations) and "simulated": the weight is
+dequantized to fp32 and activations fake-quantized, for research only; reports name it as such
+and never quote its speed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import kernels
+from .spec import QuantSpec, dequantize, pack_int4, unpack_int4
+
+ACTIVATIONS = ("none", "dynamic", "static")
+KERNELS = ("int8_dynamic", "int8_static", "int8_weight", "int4_weight", "simulated")
+
+
+def real_kernel(spec: QuantSpec, act: str, in_features: int) -> str | None:
+    """The integer kernel that can run this format exactly, or None (then only simulated)."""
+    if act != "none":
+        if spec.bits == 8 and spec.symmetric and spec.group_size == 0:
+            return "int8_dynamic" if act == "dynamic" else "int8_static"
+        return None
+    if spec.bits == 4 and kernels.kernel_group(in_features, spec.group_size) is not None:
+        return "int4_weight"
+    if spec.bits == 8 and spec.symmetric and spec.group_size == 0:
+        return "int8_weight"
+    return None
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = False,
+                 act: str = "none", kernel: str = "simulated", input_scale: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.spec, self.act, self.kernel = spec, act, kernel
+        packed = spec.bits <= 4
+        shape = (out_features, -(-in_features // 2)) if packed else (out_features, in_features)
+        groups = spec.groups(in_features)
+        self.register_buffer("qweight", torch.zeros(shape, dtype=torch.uint8 if packed else torch.int8))
+        self.register_buffer("scales", torch.ones(out_features, groups))
+        self.register_buffer("zeros", torch.zeros(out_features, groups, dtype=torch.int8))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
+        self.register_buffer("act_scale", torch.ones(()) if act == "static" else None)
+        self._cache: dict = {}
+
+    @classmethod
+    def from_codes(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, spec: QuantSpec,
+                   bias: torch.Tensor | None = None, act: str = "none", kernel: str = "simulated",
+                   input_scale: torch.Tensor | None = None, act_scale: float | None = None) -> "QuantLinear":
+        out_f, in_f = q.shape
+        m = cls(in_f, out_f, spec, bias is not None, act, kernel, input_scale is not None)
+        m.qweight.copy_(pack_int4(q) if spec.bits <= 4 else q.to(torch.int8))
+        m.scales.copy_(scales.float())
+        m.zeros.copy_(zeros.to(torch.int8))
+        if bias is not None:
+            m.bias.copy_(bias.detach().float())
+        if input_scale is not None:
+            m.input_scale.copy_(input_scale.float())
+        if act_scale is not None:
+            m.act_scale.fill_(float(act_scale))
+        return m
+
+    def describe(self) -> dict:
+        return {"bits": self.spec.bits, "group_size": self.spec.group_size, "symmetric": self.spec.symmetric,
+                "act": self.act, "kernel": self.kernel, "in": self.in_features, "out": self.out_features,
+                "bias": self.bias is not None, "input_scale": self.input_scale is not None}
+
+    @classmethod
+    def empty_like(cls, desc: dict) -> "QuantLinear":
+        spec = QuantSpec(desc["bits"], desc["group_size"], desc["symmetric"])
+        return cls(desc["in"], desc["out"], spec, desc["bias"], desc["act"], desc["kernel"], desc["input_scale"])
+
+    def codes(self) -> torch.Tensor:
+        if self.spec.bits <= 4:
+            return unpack_int4(self.qweight, self.in_features)
+        return self.qweight
+
+    def dequantized(self) -> torch.Tensor:
+        """The fp32 weight these codes stand for (input smoothing not undone)."""
+        return dequantize(self.codes(), self.scales, self.zeros, self.spec)
+
+    def __getstate__(self):  # packed kernel objects are rebuilt, never copied or pickled
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
+    def _apply(self, fn, recurse=True):
+        self._cache = {}
+        return super()._apply(fn, recurse)
+
+    def _prepared(self) -> dict:
+        c = self._cache
+        if c:
+            return c
+        q = self.codes()
+        if self.kernel == "int8_dynamic":
+            c["packed"] = kernels.fbgemm_pack(q, self.scales[:, 0], None)
+            c["w_t"] = q.t()
+            c["colsum"] = q.sum(1, dtype=torch.int32).float()
+            c["w_scale"] = self.scales[:, 0].contiguous()
+        elif self.kernel == "int8_static":
+            c["w_t"] = q.t()
+            inv = 1.0 / self.act_scale
+            c["inv"] = self.input_scale * inv if self.input_scale is not None else inv
+            c["out_scale"] = self.scales[:, 0] * self.act_scale
+        elif self.kernel == "int4_weight":
+            c["packed"], c["sz"], c["gk"] = kernels.int4_pack(q, self.scales, self.zeros, self.spec.group_size)
+        elif self.kernel == "int8_weight":
+            c["q"] = q.contiguous()
+            c["scale"] = self.scales[:, 0].to(torch.bfloat16)
+        else:
+            c["weight"] = self.dequantized()
+        return c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).float()
+        c = self._prepared()
+        if self.input_scale is not None and self.kernel != "int8_static":
+            x2 = x2 * self.input_scale
+        if self.kernel == "int8_dynamic":
+            if x2.shape[0] == 1:  # one token: fbgemm's fused kernel, same per-token quantization
+                y = kernels.fbgemm_dynamic(x2, c["packed"])
+            else:
+                y = kernels.int8_per_token(x2, c["w_t"], c["colsum"], c["w_scale"])
+        elif self.kernel == "int8_static":
+            y = kernels.int8_static(x2, c["inv"], c["w_t"], c["out_scale"])
+        elif self.kernel == "int4_weight":
+            y = kernels.int4_mm(x2, c["packed"], c["sz"], c["gk"])
+        elif self.kernel == "int8_weight":
+            y = kernels.int8_weight_mm(x2, c["q"], c["scale"])
+        else:
+            y = self._simulated(x2, c["weight"])
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def _simulated(self, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.act == "dynamic":
+            q, s, z = kernels.quantize_tokens(x2)
+            x2 = (q.float() - z) * s
+        elif self.act == "static":
+            x2 = torch.round(x2 / self.act_scale).clamp(-128, 127) * self.act_scale
+        return x2 @ weight.T
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, {self.spec.describe()}, act={self.act}, kernel={self.kernel}"

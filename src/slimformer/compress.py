@@ -62,6 +62,10 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
     if not logs:
         notes.append("The recipe has no compression stages: the model was evaluated and benchmarked "
                      "as it is; speed ratios near 1.0 show the measurement noise.")
+    simulated = sum(log.get("kernels", {}).get("simulated", 0) for log in logs)
+    if simulated:
+        notes.append(f"SIMULATED: {simulated} quantized linears have no integer kernel here and run "
+                     "dequantized in fp32 (research only); the speed figures are not a quantization speed-up.")
     ev = recipe.evaluate
     task = ev.task or default_task(model)
     kw = dict(task=task, data=ev.data, split=ev.split, seq_len=ev.seq_len, max_windows=ev.max_windows,

@@ -100,52 +100,56 @@ class QuantLinear(nn.Module):
         self._cache = {}
         return super()._apply(fn, recurse)
 
-    def _prepared(self) -> dict:
-        c = self._cache
-        if c:
-            return c
-        q = self.codes()
+    def _prepared(self):
+        """The forward function for this layer's kernel, x2 [M, in] fp32 -> [M, out] fp32, built
+        once: decoding calls each layer hundreds of times per token, so no per-call dispatch."""
+        fn = self._cache.get("fn")
+        if fn is not None:
+            return fn
+        q, bias, smooth = self.codes(), self.bias, self.input_scale
         if self.kernel == "int8_dynamic":
-            c["packed"] = kernels.fbgemm_pack(q, self.scales[:, 0], None)
-            c["w_t"] = q.t()
-            c["colsum"] = q.sum(1, dtype=torch.int32).float()
-            c["w_scale"] = self.scales[:, 0].contiguous()
+            w_scale = self.scales[:, 0].contiguous()
+            packed = kernels.fbgemm_pack(q, w_scale, bias)  # bias fused into the one-token path
+            w_t, colsum = q.t(), q.sum(1, dtype=torch.int32).float()
+
+            def fn(x2):
+                if smooth is not None:
+                    x2 = x2 * smooth
+                if x2.shape[0] == 1:  # one token: fbgemm's fused kernel, the same quantization
+                    return kernels.fbgemm_dynamic(x2, packed)
+                y = kernels.int8_per_token(x2, w_t, colsum, w_scale)
+                return y if bias is None else y.add_(bias)
         elif self.kernel == "int8_static":
-            c["w_t"] = q.t()
-            inv = 1.0 / self.act_scale
-            c["inv"] = self.input_scale * inv if self.input_scale is not None else inv
-            c["out_scale"] = self.scales[:, 0] * self.act_scale
-        elif self.kernel == "int4_weight":
-            c["packed"], c["sz"], c["gk"] = kernels.int4_pack(q, self.scales, self.zeros, self.spec.group_size)
-        elif self.kernel == "int8_weight":
-            c["q"] = q.contiguous()
-            c["scale"] = self.scales[:, 0].to(torch.bfloat16)
+            w_t = q.t()
+            inv = (smooth / self.act_scale) if smooth is not None else 1.0 / self.act_scale
+            out_scale = self.scales[:, 0] * self.act_scale
+
+            def fn(x2):
+                y = kernels.int8_static(x2, inv, w_t, out_scale)
+                return y if bias is None else y.add_(bias)
+        elif self.kernel in ("int4_weight", "int8_weight"):
+            if self.kernel == "int4_weight":
+                packed, sz, gk = kernels.int4_pack(q, self.scales, self.zeros, self.spec.group_size)
+                mm = lambda x2: kernels.int4_mm(x2, packed, sz, gk)  # noqa: E731
+            else:
+                qc, scale = q.contiguous(), self.scales[:, 0].to(torch.bfloat16)
+                mm = lambda x2: kernels.int8_weight_mm(x2, qc, scale)  # noqa: E731
+
+            def fn(x2):
+                y = mm(x2 * smooth if smooth is not None else x2)
+                return y if bias is None else y.add_(bias)
         else:
-            c["weight"] = self.dequantized()
-        return c
+            weight = self.dequantized()
+
+            def fn(x2):
+                y = self._simulated(x2 * smooth if smooth is not None else x2, weight)
+                return y if bias is None else y.add_(bias)
+        self._cache["fn"] = fn
+        return fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, self.in_features).float()
-        c = self._prepared()
-        if self.input_scale is not None and self.kernel != "int8_static":
-            x2 = x2 * self.input_scale
-        if self.kernel == "int8_dynamic":
-            if x2.shape[0] == 1:  # one token: fbgemm's fused kernel, same per-token quantization
-                y = kernels.fbgemm_dynamic(x2, c["packed"])
-            else:
-                y = kernels.int8_per_token(x2, c["w_t"], c["colsum"], c["w_scale"])
-        elif self.kernel == "int8_static":
-            y = kernels.int8_static(x2, c["inv"], c["w_t"], c["out_scale"])
-        elif self.kernel == "int4_weight":
-            y = kernels.int4_mm(x2, c["packed"], c["sz"], c["gk"])
-        elif self.kernel == "int8_weight":
-            y = kernels.int8_weight_mm(x2, c["q"], c["scale"])
-        else:
-            y = self._simulated(x2, c["weight"])
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        y = self._prepared()(x.reshape(-1, self.in_features))
+        return y.view(*x.shape[:-1], self.out_features)
 
     def _simulated(self, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.act == "dynamic":

@@ -148,7 +148,9 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
             Ws = [get_module(model.module, n).weight.detach().float() for n in group]
             st = stats.get(group[0]) if stats else None
             s, target = None, _fold_target(model, blk, group)
-            if cfg.smoothquant is not None and (group[0] in blk.attn.inputs or blk.ffn.up in group):
+            # SmoothQuant's own targets (the norm outputs) and every other input it can fold away
+            if cfg.smoothquant is not None and (group[0] in blk.attn.inputs or blk.ffn.up in group
+                                                or target is not None):
                 s = smoothquant_scales(st.absmax, Ws, float(cfg.smoothquant))
                 scaling[group[0]] = "smoothquant"
             elif cfg.method == "awq" and target is not None:

@@ -1,0 +1,317 @@
+"""Quantize: grids, GPTQ / AWQ / SmoothQuant against references written here from the papers,
+integer kernels against the simulated computation, the stage on every family, saved formats."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import transformers as T
+
+from slimformer import compress, load, save
+from slimformer.errors import RecipeError
+from slimformer.model import get_module
+from slimformer.prune import PruneConfig, prune_model
+from slimformer.quant import QuantizeConfig, QuantLinear, QuantSpec, quantize_model
+from slimformer.quant.methods import awq_scales, gptq, rtn, smoothquant_scales
+from slimformer.quant.modules import real_kernel
+from slimformer.quant.spec import dequantize, pack_int4, quantize, unpack_int4
+from slimformer.recipe import parse_recipe
+
+CAL = {"samples": 4, "seq_len": 32}
+
+
+def correlated_inputs(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g) / d ** 0.5 + torch.eye(d)
+    scale = torch.rand(d, generator=g) * 3 + 0.1
+    return (torch.randn(n, d, generator=g) @ mix) * scale
+
+
+# ---- integer grids -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [QuantSpec(8, 0, True), QuantSpec(4, 32, False), QuantSpec(4, 64, True),
+                                  QuantSpec(3, 32, True)])
+def test_grid_roundtrip_error_and_exact_zero(spec):
+    W = torch.randn(16, 96)
+    W[3, 10] = 0.0
+    q, s, z = quantize(W, spec)
+    assert q.min() >= spec.qmin and q.max() <= spec.qmax
+    assert s.shape == (16, spec.groups(96))  # 96 = 64 + 32: a narrower last group for g64
+    deq = dequantize(q, s, z, spec)
+    g = torch.arange(96) // spec.width(96)
+    assert bool(((deq - W).abs() <= s[:, g] / 2 + 1e-6).all())  # round to nearest: half a step
+    assert deq[3, 10] == 0.0  # zero is a grid point, so pruned weights stay zero
+
+
+def test_int4_packing_roundtrip():
+    q = torch.randint(-8, 8, (5, 33), dtype=torch.int8)
+    packed = pack_int4(q)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 17)
+    assert torch.equal(unpack_int4(packed, 33), q)
+
+
+# ---- GPTQ ----------------------------------------------------------------------------------------
+
+def gptq_reference(W, H, spec, damp=0.01):
+    """GPTQ as in the paper's equations, column by column with the explicit inverse Hessian:
+    q = quant(w_i); W[:, i:] -= (w_i - q) / Hinv_ii * Hinv[i, i:]; then eliminate i from Hinv."""
+    W = W.clone().double()
+    H = H.double() + damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=torch.float64)
+    Hinv = torch.linalg.inv(H)
+    cols = W.shape[1]
+    width = spec.width(cols)
+    out = torch.zeros_like(W)
+    for i in range(cols):
+        if i % width == 0:
+            blk = W[:, i:i + width].float()
+            if spec.symmetric:
+                s, z = blk.abs().amax(1) / spec.qmax, torch.zeros(W.shape[0])
+            else:
+                lo, hi = blk.amin(1).clamp(max=0), blk.amax(1).clamp(min=0)
+                s = (hi - lo) / (2 ** spec.bits - 1)
+                z = torch.round(spec.qmin - lo / s)
+            s, z = s.double(), z.double()
+        q = (torch.clamp(torch.round(W[:, i] / s) + z, spec.qmin, spec.qmax) - z) * s
+        err = (W[:, i] - q) / Hinv[i, i]
+        W[:, i:] -= err[:, None] * Hinv[i, i:][None, :]
+        out[:, i] = q
+        Hinv = Hinv - Hinv[:, i:i + 1] @ Hinv[i:i + 1, :] / Hinv[i, i]
+    return out.float()
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, 32, False), QuantSpec(4, 0, True), QuantSpec(3, 64, True)])
+def test_gptq_matches_the_papers_column_by_column_update(spec):
+    torch.manual_seed(0)
+    X = correlated_inputs(512, 96)
+    W = torch.randn(24, 96)
+    H = 2 * X.T @ X / X.shape[0]
+    res = gptq(W, H, spec, blocksize=32)
+    mine = dequantize(res.q, res.scales, res.zeros, spec)
+    ref = gptq_reference(W, H, spec)
+    same = (mine - ref).abs() < 1e-4
+    assert same.float().mean() > 0.99  # a few codes may flip at exact rounding ties
+    err = lambda Q: float((X @ (Q - W).T).pow(2).mean())
+    assert err(mine) == pytest.approx(err(ref), rel=0.02)
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("spec", [QuantSpec(4, 32, False), QuantSpec(4, 64, True), QuantSpec(8, 0, True)])
+def test_gptq_output_error_never_above_rtn(spec, act_order):
+    X = correlated_inputs(1024, 96, seed=1)
+    W = torch.randn(32, 96)
+    H = 2 * X.T @ X / X.shape[0]
+    res = gptq(W, H, spec, act_order=act_order)
+    err = lambda Q: float((X @ (Q - W).T).pow(2).mean())
+    gptq_err = err(dequantize(res.q, res.scales, res.zeros, spec))
+    rtn_err = err(dequantize(*rtn(W, spec), spec))
+    assert gptq_err < 0.8 * rtn_err
+
+
+def test_gptq_keeps_pruned_weights_zero():
+    X = correlated_inputs(256, 64)
+    W = torch.randn(8, 64)
+    keep = torch.rand(8, 64) > 0.5
+    W = W * keep
+    res = gptq(W, 2 * X.T @ X / 256, QuantSpec(4, 32, False), keep=keep)
+    assert bool((dequantize(res.q, res.scales, res.zeros, QuantSpec(4, 32, False))[~keep] == 0).all())
+
+
+# ---- AWQ and SmoothQuant -------------------------------------------------------------------------
+
+def test_awq_search_equals_a_brute_force_grid():
+    torch.manual_seed(0)
+    X = correlated_inputs(256, 64)
+    X[:, :4] *= 20  # salient channels
+    Ws = [torch.randn(16, 64), torch.randn(8, 64)]
+    spec = QuantSpec(4, 32, True)
+
+    def fq(W):  # symmetric group fake-quantization, written out here
+        Wg = W.view(W.shape[0], -1, 32)
+        s = Wg.abs().amax(-1, keepdim=True) / 7
+        return (torch.clamp(torch.round(Wg / s), -8, 7) * s).view_as(W)
+
+    xm = X.abs().mean(0)
+    losses = []
+    for k in range(20):
+        s = xm.pow(k / 20)
+        s = s / (s.max() * s.min()).sqrt()
+        losses.append(sum(float(((X / s) @ fq(W * s).T - X @ W.T).pow(2).sum()) for W in Ws))
+    s, alpha, mine = awq_scales(Ws, X, spec, grid=20)
+    assert mine == pytest.approx(losses, rel=1e-4)
+    assert alpha == min(range(20), key=losses.__getitem__) / 20
+    assert losses[int(alpha * 20)] < losses[0]  # better than plain round-to-nearest here
+
+
+def test_smoothquant_scales_formula():
+    a = torch.tensor([1.0, 16.0, 0.25])
+    W1, W2 = torch.tensor([[2.0, -1.0, 4.0]]), torch.tensor([[-8.0, 0.5, 1.0]])
+    s = smoothquant_scales(a, [W1, W2], alpha=0.5)
+    torch.testing.assert_close(s, torch.sqrt(a) / torch.sqrt(torch.tensor([8.0, 1.0, 4.0])))
+    # after migration, activation and weight ranges are equal per channel
+    torch.testing.assert_close(a / s, torch.tensor([8.0, 1.0, 4.0]) * s)
+
+
+# ---- kernels ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec,act,kernel", [
+    (QuantSpec(8, 0, True), "dynamic", "int8_dynamic"), (QuantSpec(8, 0, True), "static", "int8_static"),
+    (QuantSpec(8, 0, True), "none", "int8_weight"), (QuantSpec(4, 64, False), "none", "int4_weight"),
+    (QuantSpec(4, 128, True), "none", "int4_weight"), (QuantSpec(3, 32, True), "none", None)])
+def test_kernels_compute_what_the_codes_mean(spec, act, kernel):
+    torch.manual_seed(0)
+    W, b = torch.randn(48, 192) * 0.05, torch.randn(48)
+    q, s, z = quantize(W, spec)
+    assert real_kernel(spec, act, 192) == kernel
+    kw = dict(act_scale=3.0 / 127 if act == "static" else None)
+    real = QuantLinear.from_codes(q, s, z, spec, b, act, kernel or "simulated", **kw)
+    sim = QuantLinear.from_codes(q, s, z, spec, b, act, "simulated", **kw)
+    for tokens in (1, 9):
+        x = torch.randn(2, tokens, 192)
+        y, ys = real(x), sim(x)
+        # bf16 activations (weight-only kernels) cost about 3 significant digits
+        tol = 1e-4 if act != "none" else 2e-2
+        assert float((y - ys).abs().max()) <= tol * float(ys.abs().max())
+
+
+def test_one_token_fbgemm_path_equals_the_per_token_path():
+    torch.manual_seed(0)
+    W = torch.randn(64, 128)
+    lin = QuantLinear.from_codes(*quantize(W, QuantSpec()), QuantSpec(), None, "dynamic", "int8_dynamic")
+    x = torch.randn(5, 128)
+    rows = torch.cat([lin(x[i:i + 1]) for i in range(5)])  # fbgemm, one row at a time
+    torch.testing.assert_close(rows, lin(x), rtol=1e-5, atol=1e-5)
+
+
+# ---- the stage on models -------------------------------------------------------------------------
+
+CONFIGS = {
+    "w8a8-dynamic": dict(method="rtn", bits=8, activations="dynamic"),
+    "w8a8-static-smoothquant": dict(method="rtn", bits=8, activations="static", smoothquant=0.5),
+    "gptq-int4-g32": dict(method="gptq", bits=4, group_size=32, symmetric=False),
+    "awq-int4-g32": dict(method="awq", bits=4, group_size=32),
+    "gptq-int8-act-order": dict(method="gptq", bits=8, act_order=True),
+}
+
+
+def _rel_err(model, ref, x):
+    with torch.no_grad():
+        a, b = model.module(x)[0], ref.module(x)[0]
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "distilbert"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_quantize_stage_every_family(tiny, family, name):
+    model = copy.deepcopy(tiny[family])
+    log = quantize_model(model, QuantizeConfig(**CONFIGS[name]), CAL, progress=False)
+    assert not log["simulated"] and sum(log["kernels"].values()) == len(model.arch.linears)
+    assert all(isinstance(get_module(model.module, n), QuantLinear) for n in model.arch.linears)
+    x = torch.randint(5, 300, (2, 12))
+    assert _rel_err(model, tiny[family], x) < (0.05 if CONFIGS[name]["bits"] == 8 else 0.5)
+    emb = model.arch.embeddings[0]
+    assert torch.equal(get_module(model.module, emb).weight, get_module(tiny[family].module, emb).weight)
+
+
+def test_gptq_beats_rtn_on_a_model(tiny):
+    x = torch.randint(5, 300, (4, 32))
+    errs = {}
+    for method in ("rtn", "gptq"):
+        model = copy.deepcopy(tiny["llama"])
+        quantize_model(model, QuantizeConfig(method=method, bits=3, group_size=32), CAL, progress=False)
+        errs[method] = _rel_err(model, tiny["llama"], x)
+    assert errs["gptq"] < errs["rtn"]
+
+
+def test_smoothing_folded_into_norms_keeps_the_function(tiny):
+    """SmoothQuant's scales alone (8-bit grids fine enough to be nearly exact) leave outputs unchanged."""
+    model = copy.deepcopy(tiny["llama"])
+    log = quantize_model(model, QuantizeConfig(bits=8, smoothquant=0.8, kernel="simulated"), CAL, progress=False)
+    assert log["scales"] and log["simulated"]
+    x = torch.randint(5, 300, (2, 12))
+    assert _rel_err(model, tiny["llama"], x) < 0.02
+    norm = model.arch.blocks[0].attn_norm
+    assert not torch.equal(get_module(model.module, norm).weight, get_module(tiny["llama"].module, norm).weight)
+
+
+def test_lm_head_quantized_on_request_unties_the_embeddings(tiny, tmp_path):
+    model = copy.deepcopy(tiny["gpt2"])
+    assert model.arch.tied_head
+    quantize_model(model, QuantizeConfig(bits=8, activations="dynamic", lm_head=True), CAL, progress=False)
+    assert isinstance(get_module(model.module, model.arch.head), QuantLinear)
+    emb = model.arch.embeddings[0]
+    assert torch.equal(get_module(model.module, emb).weight, get_module(tiny["gpt2"].module, emb).weight)
+    save(model, tmp_path / "q")
+    again = load(tmp_path / "q")
+    x = torch.randint(5, 300, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(again.module(x).logits, model.module(x).logits)
+
+
+def test_prune_then_quantize_keeps_zeros(tiny):
+    model = copy.deepcopy(tiny["llama"])
+    prune_model(model, PruneConfig(method="wanda", pattern="2:4"), CAL, progress=False)
+    quantize_model(model, QuantizeConfig(method="gptq", bits=4, group_size=32, symmetric=False), CAL,
+                   progress=False)
+    for name, keep in model.masks.items():
+        assert bool((get_module(model.module, name).dequantized()[~keep] == 0).all())
+    model.apply_masks()  # quantized layers hold their zeros as codes; nothing to re-apply
+
+
+@pytest.mark.parametrize("family,cfg", [
+    ("llama", dict(method="gptq", bits=4, group_size=64, symmetric=False)),  # 96 = 64 + 32: ragged group
+    ("llama", dict(method="awq", bits=4, group_size=32, lm_head=True)),
+    ("gpt2", dict(method="rtn", bits=8, activations="dynamic")),
+    ("bert", dict(method="rtn", bits=8, activations="static", smoothquant=0.5)),
+    ("distilbert", dict(method="rtn", bits=8)),
+    ("llama", dict(method="rtn", bits=3, group_size=32)),  # simulated
+])
+def test_saved_quantized_model_reloads_bit_identical(tiny, family, cfg, tmp_path):
+    model = copy.deepcopy(tiny[family])
+    quantize_model(model, QuantizeConfig(**cfg), CAL, progress=False)
+    dense = save(tiny[family], tmp_path / "dense")
+    save(model, tmp_path / "q")
+    again = load(tmp_path / "q")
+    x = torch.randint(5, 300, (2, 11))
+    with torch.no_grad():
+        assert torch.equal(again.module(x)[0], model.module(x)[0])
+    for name in model.arch.linears:
+        a, b = get_module(model.module, name), get_module(again.module, name)
+        assert a.describe() == b.describe() and torch.equal(a.qweight, b.qweight)
+    meta = json.loads((tmp_path / "q" / "slimformer.json").read_text())
+    assert meta["quant"]["format"] == "slimq-v1" and set(meta["quant"]["layers"]) >= set(model.arch.linears)
+    size = lambda d: sum(p.stat().st_size for p in d.glob("*.safetensors"))
+    linear_bytes = sum(get_module(tiny[family].module, n).weight.numel() * 4 for n in model.arch.linears)
+    saved = 1 - (cfg["bits"] / 8 if cfg["bits"] == 8 else 0.5) / 4  # int4/int3 codes are nibbles
+    assert size(dense) - size(tmp_path / "q") > 0.9 * saved * linear_bytes
+    with pytest.raises(OSError):
+        T.AutoModel.from_pretrained(tmp_path / "q")
+
+
+@pytest.mark.parametrize("opts,match", [
+    ({"method": "hqq"}, "methods: rtn, gptq, awq"),
+    ({"bits": 5}, "8, 4 or 3"),
+    ({"group_size": 100}, "group_size must be one of"),
+    ({"bits": 4, "activations": "dynamic"}, "int8 activations need"),
+    ({"smoothquant": 1.5}, r"in \[0, 1\]"),
+    ({"method": "awq", "smoothquant": 0.5}, "not both"),
+    ({"kernel": "fast"}, "auto or simulated"),
+    ({"bitz": 4}, "unknown option 'bitz'"),
+])
+def test_quantize_recipe_errors(opts, match):
+    with pytest.raises(RecipeError, match=match):
+        parse_recipe({"stages": [{"quantize": opts}]})
+
+
+def test_quantize_through_compress_names_simulated_layers(tiny, tmp_path):
+    recipe = {"calibration": {"samples": 4, "seq_len": 32},
+              "stages": [{"quantize": {"method": "rtn", "bits": 3, "group_size": 32}}],
+              "evaluate": {"seq_len": 32, "max_windows": 2},
+              "bench": {"batch_sizes": [1], "seq_lens": [16], "repeats": 1, "warmup": 0, "throughput_items": 2,
+                        "throughput_seq_len": 32, "decode_new_tokens": 4, "decode_repeats": 1}}
+    r = compress(tiny["llama"], recipe, out=tmp_path / "run", progress=False)
+    assert r.stages[0]["simulated"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "simulated" in report.lower()
+    assert r.speed["ratios"]["size"] < 0.6

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ from slimformer.bench.env import environment
 from slimformer.bench.memory import RssPeak
 from slimformer.data.calibration import calibration_set
 from slimformer.prune import PruneConfig, prune_model
+
+from common import append_row, metric_name, peer_dataset, quality
 
 DEFAULT_RUNS = ["magnitude:0.5", "magnitude:2:4", "wanda:0.5", "wanda:2:4", "sparsegpt:0.5", "sparsegpt:2:4"]
 
@@ -46,13 +47,6 @@ def label(cfg: PruneConfig) -> str:
     return f"{cfg.method} {what}" + (" OWL" if cfg.allocation == "owl" else "")
 
 
-def quality(model, args) -> float:
-    if model.is_causal:
-        return slimformer.evaluate(model, "ppl", data="wikitext2", split="test", seq_len=args.seq_len,
-                                   max_windows=args.windows, progress=False).value
-    return slimformer.evaluate(model, "sts", split="test").value
-
-
 def run_slimformer(base, cfg: PruneConfig, cal: dict) -> tuple:
     model = copy.deepcopy(base)
     t0 = time.perf_counter()
@@ -63,7 +57,6 @@ def run_slimformer(base, cfg: PruneConfig, cal: dict) -> tuple:
 
 def run_peer(base, cfg: PruneConfig, calib) -> tuple:
     """llm-compressor oneshot with the same method on the same windows; None if not applicable."""
-    from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import (MagnitudePruningModifier, SparseGPTModifier,
                                                  WandaPruningModifier)
@@ -78,15 +71,11 @@ def run_peer(base, cfg: PruneConfig, calib) -> tuple:
         modifier = SparseGPTModifier(**common, dampening_frac=cfg.damp, block_size=cfg.blocksize)
     else:
         return None
-    rows = []  # every calibration sequence without its padding (encoder batches are padded)
-    for b in calib.batches:
-        mask = b.get("attention_mask", torch.ones_like(b["input_ids"]))
-        rows += [ids[m.bool()].tolist() for ids, m in zip(b["input_ids"], mask)]
-    ds = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+    ds = peer_dataset(calib)
     model = copy.deepcopy(base)
     t0 = time.perf_counter()
     with RssPeak() as mem:
-        oneshot(model=model.module, dataset=ds, recipe=[modifier], num_calibration_samples=len(rows),
+        oneshot(model=model.module, dataset=ds, recipe=[modifier], num_calibration_samples=len(ds),
                 max_seq_length=calib.seq_len, shuffle_calibration_samples=False)
     wall = time.perf_counter() - t0
     zeros = sum(int((model.module.get_submodule(n).weight == 0).sum()) for n in model.arch.linears)
@@ -114,8 +103,8 @@ def main() -> None:
     calib = calibration_set(base, **cal)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    dense = quality(base, args)
-    metric = "ppl (WikiText-2 test)" if base.is_causal else "STS-B test Spearman x100"
+    dense = quality(base, args.windows, args.seq_len)
+    metric = metric_name(base)
     print(f"dense {metric}: {dense:.3f}", flush=True)
     for text in args.runs:
         cfg = parse_run(text)
@@ -132,14 +121,13 @@ def main() -> None:
             if res is None:
                 continue
             model, wall, mem_inc, sparsity = res
-            q = quality(model, args)
+            q = quality(model, args.windows, args.seq_len)
             row = {"model": args.model, "run": label(cfg), "tool": tool, "quality": q, "metric": metric,
                    "dense": dense, "wall_s": wall, "peak_rss_increase_mib": mem_inc / 2**20,
                    "sparsity": sparsity, "calibration": calib.describe(), "windows": args.windows,
                    "threads": torch.get_num_threads(), "environment": environment()}
             rows.append(row)
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_row(args.out, row)
             print(f"{row['run']:<22} {tool:<15} {metric} {q:9.3f}  {wall:7.1f} s  "
                   f"+{row['peak_rss_increase_mib']:.0f} MiB  sparsity {sparsity:.3f}", flush=True)
             del model

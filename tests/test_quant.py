@@ -297,6 +297,7 @@ def test_saved_quantized_model_reloads_bit_identical(tiny, family, cfg, tmp_path
     ({"smoothquant": 1.5}, r"in \[0, 1\]"),
     ({"method": "awq", "smoothquant": 0.5}, "not both"),
     ({"kernel": "fast"}, "auto or simulated"),
+    ({"granularity": "row", "activations": "dynamic"}, "auto, token or tensor"),
     ({"bitz": 4}, "unknown option 'bitz'"),
 ])
 def test_quantize_recipe_errors(opts, match):
@@ -315,3 +316,23 @@ def test_quantize_through_compress_names_simulated_layers(tiny, tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "simulated" in report.lower()
     assert r.speed["ratios"]["size"] < 0.6
+
+
+def test_granularity_auto_and_per_tensor_kernel(tiny):
+    enc, dec = copy.deepcopy(tiny["bert"]), copy.deepcopy(tiny["llama"])
+    assert quantize_model(enc, QuantizeConfig(activations="dynamic", lm_head=True), CAL,
+                          progress=False)["granularity"] == "tensor"
+    assert quantize_model(dec, QuantizeConfig(activations="dynamic"), CAL, progress=False)["granularity"] == "token"
+    lin = get_module(enc.module, enc.arch.linears[0])
+    sim = copy.deepcopy(lin)
+    sim.kernel, sim._cache = "simulated", {}
+    x = torch.randn(3, 7, lin.in_features)
+    torch.testing.assert_close(lin(x), sim(x), rtol=1e-4, atol=1e-4)  # fbgemm: one range per call
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "quantize-gptq-int4.yaml", "quantize-awq-int4.yaml",
+                                  "quantize-w8a8-static.yaml"])
+def test_bundled_quantize_recipes_parse(name):
+    from slimformer.recipe import default_recipe_path, load_recipe
+    recipe = load_recipe(default_recipe_path().parent / name)
+    assert recipe.stages and recipe.stages[0].name == "quantize"

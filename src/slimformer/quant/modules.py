@@ -7,7 +7,8 @@ not be folded into a preceding layer), optional `act_scale` (static activation r
 Kernel-specific packed forms are rebuilt from those on first use, so a saved and reloaded layer
 computes bit-identical outputs.
 
-Kernels (kernels.py): "int8_dynamic" (int8 weights, 8-bit per-token dynamic activations),
+Kernels (kernels.py): "int8_dynamic" (int8 weights, 8-bit dynamic activations, one scale per
+token, or per tensor with `granularity="tensor"`: fbgemm's fused kernel for every call),
 "int8_static" (calibrated per-tensor activation scale), "int4_weight" (int4 weights, bf16
 activations), "int8_weight" (int8 weights, bf16 activations) and "simulated": the weight is
 dequantized to fp32 and activations fake-quantized, for research only; reports name it as such
@@ -40,10 +41,12 @@ def real_kernel(spec: QuantSpec, act: str, in_features: int) -> str | None:
 
 class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = False,
-                 act: str = "none", kernel: str = "simulated", input_scale: bool = False):
+                 act: str = "none", kernel: str = "simulated", input_scale: bool = False,
+                 granularity: str = "token"):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.spec, self.act, self.kernel = spec, act, kernel
+        self.granularity = granularity  # dynamic activations: one scale per "token" or per "tensor"
         packed = spec.bits <= 4
         shape = (out_features, -(-in_features // 2)) if packed else (out_features, in_features)
         groups = spec.groups(in_features)
@@ -58,9 +61,10 @@ class QuantLinear(nn.Module):
     @classmethod
     def from_codes(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, spec: QuantSpec,
                    bias: torch.Tensor | None = None, act: str = "none", kernel: str = "simulated",
-                   input_scale: torch.Tensor | None = None, act_scale: float | None = None) -> "QuantLinear":
+                   input_scale: torch.Tensor | None = None, act_scale: float | None = None,
+                   granularity: str = "token") -> "QuantLinear":
         out_f, in_f = q.shape
-        m = cls(in_f, out_f, spec, bias is not None, act, kernel, input_scale is not None)
+        m = cls(in_f, out_f, spec, bias is not None, act, kernel, input_scale is not None, granularity)
         m.qweight.copy_(pack_int4(q) if spec.bits <= 4 else q.to(torch.int8))
         m.scales.copy_(scales.float())
         m.zeros.copy_(zeros.to(torch.int8))
@@ -75,12 +79,14 @@ class QuantLinear(nn.Module):
     def describe(self) -> dict:
         return {"bits": self.spec.bits, "group_size": self.spec.group_size, "symmetric": self.spec.symmetric,
                 "act": self.act, "kernel": self.kernel, "in": self.in_features, "out": self.out_features,
-                "bias": self.bias is not None, "input_scale": self.input_scale is not None}
+                "bias": self.bias is not None, "input_scale": self.input_scale is not None,
+                "granularity": self.granularity}
 
     @classmethod
     def empty_like(cls, desc: dict) -> "QuantLinear":
         spec = QuantSpec(desc["bits"], desc["group_size"], desc["symmetric"])
-        return cls(desc["in"], desc["out"], spec, desc["bias"], desc["act"], desc["kernel"], desc["input_scale"])
+        return cls(desc["in"], desc["out"], spec, desc["bias"], desc["act"], desc["kernel"], desc["input_scale"],
+                   desc.get("granularity", "token"))
 
     def codes(self) -> torch.Tensor:
         if self.spec.bits <= 4:
@@ -101,7 +107,7 @@ class QuantLinear(nn.Module):
         return super()._apply(fn, recurse)
 
     def _prepared(self):
-        """The forward function for this layer's kernel, x2 [M, in] fp32 -> [M, out] fp32, built
+        """The forward function for this layer's kernel, x [..., in] fp32 -> [..., out] fp32, built
         once: decoding calls each layer hundreds of times per token, so no per-call dispatch."""
         fn = self._cache.get("fn")
         if fn is not None:
@@ -111,14 +117,16 @@ class QuantLinear(nn.Module):
             w_scale = self.scales[:, 0].contiguous()
             packed = kernels.fbgemm_pack(q, w_scale, bias)  # bias fused into the one-token path
             w_t, colsum = q.t(), q.sum(1, dtype=torch.int32).float()
+            per_tensor = self.granularity == "tensor"
 
-            def fn(x2):
+            def fn(x):  # any leading dims: fbgemm flattens them itself
                 if smooth is not None:
-                    x2 = x2 * smooth
-                if x2.shape[0] == 1:  # one token: fbgemm's fused kernel, the same quantization
-                    return kernels.fbgemm_dynamic(x2, packed)
-                y = kernels.int8_per_token(x2, w_t, colsum, w_scale)
-                return y if bias is None else y.add_(bias)
+                    x = x * smooth
+                if per_tensor or x.numel() == x.shape[-1]:  # fbgemm's fused kernel (one token: per token)
+                    return kernels.fbgemm_dynamic(x, packed)
+                y = kernels.int8_per_token(x.reshape(-1, x.shape[-1]), w_t, colsum, w_scale)
+                y = y if bias is None else y.add_(bias)
+                return y.view(*x.shape[:-1], y.shape[-1])
         elif self.kernel == "int8_static":
             w_t = q.t()
             inv = (smooth / self.act_scale) if smooth is not None else 1.0 / self.act_scale
@@ -144,20 +152,31 @@ class QuantLinear(nn.Module):
             def fn(x2):
                 y = self._simulated(x2 * smooth if smooth is not None else x2, weight)
                 return y if bias is None else y.add_(bias)
+        if self.kernel != "int8_dynamic":
+            fn = _any_shape(fn, self.in_features, self.out_features)
         self._cache["fn"] = fn
         return fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._prepared()(x.reshape(-1, self.in_features))
-        return y.view(*x.shape[:-1], self.out_features)
+        if x.dtype is not torch.float32:  # the kernels take fp32 (int4 / int8 weight-only cast to bf16)
+            return self._prepared()(x.float()).to(x.dtype)
+        return self._prepared()(x)
 
     def _simulated(self, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.act == "dynamic":
-            q, s, z = kernels.quantize_tokens(x2)
-            x2 = (q.float() - z) * s
+            rows = x2.reshape(1, -1) if self.granularity == "tensor" else x2
+            q, s, z = kernels.quantize_tokens(rows)
+            x2 = ((q.float() - z) * s).view_as(x2)
         elif self.act == "static":
             x2 = torch.round(x2 / self.act_scale).clamp(-128, 127) * self.act_scale
         return x2 @ weight.T
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, {self.spec.describe()}, act={self.act}, kernel={self.kernel}"
+
+
+def _any_shape(fn2d, in_features: int, out_features: int):
+    """Lift a [M, in] -> [M, out] function to inputs with any leading dimensions."""
+    def fn(x):
+        return fn2d(x.reshape(-1, in_features)).view(*x.shape[:-1], out_features)
+    return fn

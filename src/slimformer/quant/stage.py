@@ -28,13 +28,16 @@ class QuantizeConfig:
     bits: int = 8  # 8, 4 or 3
     group_size: int = 0  # 0: per output channel; else 32 / 64 / 128 / 256 input columns
     symmetric: bool = True
-    activations: str = "none"  # none (weight-only) | dynamic (per-token int8) | static (calibrated)
+    activations: str = "none"  # none (weight-only) | dynamic (int8, ranges per call) | static (calibrated)
+    granularity: str = "auto"  # dynamic activations: a range per "token", or one per "tensor" (faster);
+    # auto: per token for causal LMs (outlier tokens; decoding is one token anyway), per tensor for encoders
+
     smoothquant: float | None = None  # SmoothQuant migration strength alpha; None: no smoothing
     act_order: bool = False  # GPTQ: columns in order of decreasing Hessian diagonal
     damp: float = 0.01  # GPTQ Hessian dampening, fraction of the mean diagonal
     blocksize: int = 128  # GPTQ column block
     awq_grid: int = 20  # AWQ: alphas 0, 1/grid, ..., (grid-1)/grid
-    lm_head: bool = False  # also quantize the LM head (round to nearest; unties tied embeddings)
+    lm_head: bool = False  # also quantize the LM head, if the model has one (RTN; unties tied embeddings)
     ignore: list = field(default_factory=list)  # regexes of block linears kept in full precision
     kernel: str = "auto"  # auto: the integer kernel for the format | simulated (research only)
 
@@ -54,6 +57,8 @@ class QuantizeConfig:
         if self.activations != "none" and (self.bits != 8 or self.group_size or not self.symmetric):
             raise ConfigValueError("int8 activations need int8 symmetric per-channel weights: "
                                    "bits: 8, group_size: 0, symmetric: true")
+        if self.granularity not in ("auto", "token", "tensor"):
+            raise ConfigValueError(f"quantize granularity must be auto, token or tensor (got {self.granularity!r})")
         if self.smoothquant is not None and not 0.0 <= float(self.smoothquant) <= 1.0:
             raise ConfigValueError(f"quantize smoothquant (alpha) must be in [0, 1] (got {self.smoothquant!r})")
         if self.smoothquant is not None and self.method == "awq":
@@ -109,8 +114,11 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
                    progress: bool = True) -> dict:
     """Quantize `model` in place (its linears become QuantLinear). Returns the stage log."""
     cfg.validate()
+    if cfg.granularity == "auto":
+        cfg = dataclasses.replace(cfg, granularity="token" if model.is_causal else "tensor")
     spec = cfg.spec
     log: dict = {"method": cfg.method, "format": spec.describe(), "activations": cfg.activations,
+                 "granularity": cfg.granularity if cfg.activations == "dynamic" else None,
                  "smoothquant": cfg.smoothquant, "act_order": cfg.act_order}
     kernels: Counter = Counter()
     notes: list[str] = []
@@ -135,7 +143,7 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
         kernels[kernel or "simulated"] += 1
         bias = lin.bias.detach() if lin.bias is not None else None
         qlin = QuantLinear.from_codes(q, scales, zeros, spec, bias, cfg.activations, kernel or "simulated",
-                                      input_scale, act_scale)
+                                      input_scale, act_scale, cfg.granularity)
         set_module(model.module, name, qlin)
 
     def rewrite(model: Model, blk: BlockMap, stats) -> dict:
@@ -189,8 +197,10 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     else:
         for blk in model.arch.blocks:
             rewrite(model, blk, None)
-    if cfg.lm_head:
+    if cfg.lm_head and model.arch.head is not None:
         _quantize_head(model, cfg, kernels)
+    elif cfg.lm_head:
+        log["lm_head"] = "the model has no LM head; nothing to quantize there"
     log["kernels"] = dict(kernels)
     log["simulated"] = kernels.get("simulated", 0) > 0
     if scaling:
@@ -203,8 +213,6 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
 def _quantize_head(model: Model, cfg: QuantizeConfig, kernels: Counter) -> None:
     """Round-to-nearest on the LM head; a head tied to the input embeddings is untied first."""
     name = model.arch.head
-    if name is None:
-        raise ConfigValueError("lm_head: true needs a causal LM with an LM head")
     lin = get_module(model.module, name)
     W = lin.weight.detach().float().clone()
     q, scales, zeros = rtn(W, cfg.spec)
@@ -215,7 +223,7 @@ def _quantize_head(model: Model, cfg: QuantizeConfig, kernels: Counter) -> None:
         kernel = "int8_dynamic"
     bias = lin.bias.detach() if getattr(lin, "bias", None) is not None else None
     set_module(model.module, name, QuantLinear.from_codes(q, scales, zeros, cfg.spec, bias, act,
-                                                          kernel or "simulated"))
+                                                          kernel or "simulated", granularity=cfg.granularity))
     model.module.config.tie_word_embeddings = False
 
 

@@ -1,0 +1,38 @@
+"""What the peer benchmarks share: the quality protocol, the calibration rows handed to a peer,
+and one JSON line per run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+import slimformer
+
+
+def quality(model, windows: int, seq_len: int = 1024) -> float:
+    """WikiText-2 test perplexity (causal LMs) or STS-B test Spearman x100 (encoders)."""
+    if model.is_causal:
+        return slimformer.evaluate(model, "ppl", data="wikitext2", split="test", seq_len=seq_len,
+                                   max_windows=windows, progress=False).value
+    return slimformer.evaluate(model, "sts", split="test", progress=False).value
+
+
+def metric_name(model) -> str:
+    return "ppl (WikiText-2 test)" if model.is_causal else "STS-B test Spearman x100"
+
+
+def peer_dataset(calib):
+    """slimformer's calibration sequences (padding removed) as a `datasets.Dataset` for a peer."""
+    from datasets import Dataset
+    rows = []
+    for b in calib.batches:
+        mask = b.get("attention_mask", torch.ones_like(b["input_ids"]))
+        rows += [ids[m.bool()].tolist() for ids, m in zip(b["input_ids"], mask)]
+    return Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+
+
+def append_row(path: str, row: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -10,8 +10,9 @@ from slimformer.stages import STAGES, register_stage
 
 def test_default_recipe_parses():
     r = load_recipe()
-    assert r.stages == [] and r.export.format == "hf" and r.bench.threads == 1
-    assert r.calibration.split == "validation"
+    assert [s.name for s in r.stages] == ["quantize"] and r.export.format == "hf" and r.bench.threads == 1
+    assert r.stages[0].config.activations == "dynamic" and r.stages[0].config.bits == 8
+    assert r.calibration.data is None  # per model kind: WikiText-2 windows or STS-B train sentences
 
 
 @pytest.mark.parametrize("raw,match", [

@@ -19,7 +19,9 @@ def unique_tensors(model: Model, buffers: bool = False):
 
 
 def param_count(model: Model) -> int:
-    return sum(t.numel() for t in unique_tensors(model))
+    """Weights of the model, quantized ones included (as the number of values they stand for)."""
+    from ..model.info import stored_weights
+    return sum(t.numel() for t in unique_tensors(model)) + stored_weights(model.module)
 
 
 def weight_bytes(model: Model) -> int:

@@ -29,10 +29,18 @@ class ModelInfo(_Serialisable):
     uniform: bool  # every block has the same shapes
 
 
+def stored_weights(module) -> int:
+    """Weights a quantized linear stands for (its codes are buffers, not parameters)."""
+    return sum(m.in_features * m.out_features + (m.out_features if m.bias is not None else 0)
+               for m in module.modules() if hasattr(m, "qweight"))
+
+
 def _count(model: Model, names) -> tuple[int, set]:
     total, seen = 0, set()
     for name in names:
-        for p in get_module(model.module, name).parameters():
+        mod = get_module(model.module, name)
+        total += stored_weights(mod)
+        for p in mod.parameters():
             if p.data_ptr() not in seen:
                 seen.add(p.data_ptr())
                 total += p.numel()
@@ -46,6 +54,8 @@ def model_info(model: Model) -> ModelInfo:
     ffn, seen_f = _count(model, [n for b in arch.blocks for n in b.ffn.linears])
     seen = seen_e | seen_a | seen_f
     other = sum(p.numel() for p in model.module.parameters() if p.data_ptr() not in seen)
+    if arch.head is not None:  # a quantized LM head
+        other += stored_weights(get_module(model.module, arch.head))
     b0 = arch.blocks[0]
     shapes = {(b.attn.n_heads, b.attn.n_kv_heads, b.attn.head_dim, b.ffn.width) for b in arch.blocks}
     p0 = next(model.module.parameters())

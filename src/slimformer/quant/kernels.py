@@ -1,6 +1,6 @@
 """The integer kernels quantized linears run on, chosen by measurement on this CPU (see README).
 
-Measured with torch 2.13 on one AVX-512 VNNI core (benchmarks/kernels.py):
+Measured with torch 2.13 on one AVX-512 VNNI core (`python benchmarks/kernels.py`):
 - int8 weights x dynamically quantized 8-bit activations: fbgemm's `quantized::linear_dynamic`
   (quantize, VNNI GEMM and requantize fused) is 2.4x faster than fp32 for one token and 12x on
   an LM head; for many tokens, `torch._int_mm` (oneDNN int8 GEMM, int32 out) with per-token

@@ -9,12 +9,10 @@ traffic of a whole model (see quant_decode.py for that).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
+from slimformer.bench.timing import median, time_ms
 from slimformer.quant import kernels
 from slimformer.quant.spec import QuantSpec, quantize
 
@@ -22,14 +20,7 @@ SHAPES = [(1, 576, 1536), (1, 1536, 576), (1, 576, 49152), (512, 576, 1536), (40
 
 
 def ms(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return median(time_ms(fn, 3, reps))
 
 
 def row(m: int, k: int, n: int) -> dict:

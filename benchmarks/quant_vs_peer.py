@@ -5,10 +5,11 @@ same perplexity protocol, one process. Prints a Markdown table; one JSON line pe
     python benchmarks/quant_vs_peer.py --peer          # + llm-compressor GPTQ and AWQ, same formats
     python benchmarks/quant_vs_peer.py --runs gptq:4:64 --peer
 
-A run is METHOD:BITS[:GROUP][:sym|asym][:a8][:sq=ALPHA][:head] (int4 defaults to asymmetric,
-int8 to symmetric per-channel; a8: int8 per-token dynamic activations; sq: SmoothQuant; head:
-the LM head quantized too). slimformer's model is scored running on its integer kernels (int4: bf16
-activations); llm-compressor's is scored as it leaves oneshot (fake-quantized fp32 weights).
+A run is METHOD:BITS[:GROUP][:sym|asym][:a8][:sq=ALPHA][:head][:act] (int4 defaults to
+asymmetric, int8 to symmetric per-channel; a8: int8 per-token dynamic activations; sq:
+SmoothQuant; head: the LM head quantized too; act: GPTQ act-order). slimformer's model is scored
+running on its integer kernels (int4: bf16 activations); llm-compressor's is scored as it leaves
+oneshot (fake-quantized fp32 weights).
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def parse_run(text: str) -> QuantizeConfig:
             cfg.smoothquant = float(o[3:])
         elif o == "head":
             cfg.lm_head = True
+        elif o == "act":
+            cfg.act_order = True
         else:
             raise SystemExit(f"unknown run option {o!r} in {text!r}")
     return cfg
@@ -52,7 +55,7 @@ def parse_run(text: str) -> QuantizeConfig:
 def label(cfg: QuantizeConfig) -> str:
     extra = (" A8 per-token" if cfg.activations == "dynamic" else "") + \
             (f" SmoothQuant {cfg.smoothquant}" if cfg.smoothquant is not None else "") + \
-            (" +LM head" if cfg.lm_head else "")
+            (" +LM head" if cfg.lm_head else "") + (" act-order" if cfg.act_order else "")
     return f"{cfg.method} {cfg.spec.describe()}{extra}"
 
 

@@ -10,6 +10,17 @@ import torch
 import slimformer
 
 
+def add_peer_arguments(p, out: str) -> None:
+    """The options every peer comparison takes besides its runs: model, calibration, protocol."""
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--peer", action="store_true", help="also run llm-compressor (pip install -e .[bench])")
+    p.add_argument("--samples", type=int, default=None, help="calibration samples (default: 64 windows / 1024 sentences)")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--windows", type=int, default=64, help="perplexity windows of the test text")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=out)
+
+
 def quality(model, windows: int, seq_len: int = 1024) -> float:
     """WikiText-2 test perplexity (causal LMs) or STS-B test Spearman x100 (encoders)."""
     if model.is_causal:

@@ -26,7 +26,7 @@ from slimformer.bench.memory import RssPeak
 from slimformer.data.calibration import calibration_set
 from slimformer.prune import PruneConfig, prune_model
 
-from common import append_row, metric_name, peer_dataset, quality
+from common import add_peer_arguments, append_row, metric_name, peer_dataset, quality
 
 DEFAULT_RUNS = ["magnitude:0.5", "magnitude:2:4", "wanda:0.5", "wanda:2:4", "sparsegpt:0.5", "sparsegpt:2:4"]
 
@@ -58,8 +58,7 @@ def run_slimformer(base, cfg: PruneConfig, cal: dict) -> tuple:
 def run_peer(base, cfg: PruneConfig, calib) -> tuple:
     """llm-compressor oneshot with the same method on the same windows; None if not applicable."""
     from llmcompressor import oneshot
-    from llmcompressor.modifiers.pruning import (MagnitudePruningModifier, SparseGPTModifier,
-                                                 WandaPruningModifier)
+    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
     structure = cfg.pattern if cfg.pattern != "unstructured" else "0:0"
     sparsity = 1 - int(structure.split(":")[0]) / int(structure.split(":")[1]) if structure != "0:0" else cfg.sparsity
     common = dict(sparsity=sparsity, mask_structure=structure, ignore=["re:.*lm_head"], targets=["Linear"])
@@ -85,16 +84,10 @@ def run_peer(base, cfg: PruneConfig, calib) -> tuple:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="smollm2")
+    add_peer_arguments(p, "runs/prune_vs_peer.jsonl")
     p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS)
-    p.add_argument("--peer", action="store_true", help="also run llm-compressor (pip install -e .[bench])")
     p.add_argument("--peer-runs", nargs="+", default=DEFAULT_RUNS[2:],
                    help="the runs the peer repeats (default: wanda and sparsegpt at 50%% and 2:4)")
-    p.add_argument("--samples", type=int, default=None, help="calibration samples (default: 64 windows / 1024 sentences)")
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--windows", type=int, default=64, help="perplexity windows of the test text")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default="runs/prune_vs_peer.jsonl")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

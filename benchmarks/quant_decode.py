@@ -88,7 +88,7 @@ def main() -> None:
         print(f"{name:<58} {tps:6.2f} tok/s ({tps / ref:.2f}x)  {wb / 2**20:6.1f} MiB/token  "
               f"{row['gb_per_s']:.2f} GB/s", flush=True)
         del model
-    print(f"\n| variant | tokens/s | vs fp32 | weights read per token | achieved GB/s |\n|---|---|---|---|---|")
+    print("\n| variant | tokens/s | vs fp32 | weights read per token | achieved GB/s |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['tokens_per_s']:.1f} | {r['ratio']:.2f}x | {r['weight_mib_per_token']:.0f} MiB | "
               f"{r['gb_per_s']:.2f} |")

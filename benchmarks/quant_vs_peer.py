@@ -25,7 +25,7 @@ from slimformer.bench.memory import RssPeak
 from slimformer.data.calibration import calibration_set
 from slimformer.quant import QuantizeConfig, quantize_model
 
-from common import append_row, metric_name, peer_dataset, quality
+from common import add_peer_arguments, append_row, metric_name, peer_dataset, quality
 
 DEFAULT_RUNS = ["rtn:8", "rtn:8:a8:head", "gptq:8:a8:sq=0.5:head", "rtn:4:128", "rtn:4:64", "gptq:4:128",
                 "gptq:4:64", "awq:4:128", "awq:4:64"]
@@ -101,16 +101,10 @@ def run_peer(base, cfg: QuantizeConfig, calib):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="smollm2")
+    add_peer_arguments(p, "runs/quant_vs_peer.jsonl")
     p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS)
-    p.add_argument("--peer", action="store_true", help="also run llm-compressor (pip install -e .[bench])")
     p.add_argument("--peer-runs", nargs="+", default=["gptq:4:128", "gptq:4:64", "awq:4:128", "awq:4:64"],
                    help="the runs the peer repeats (GPTQ and AWQ int4)")
-    p.add_argument("--samples", type=int, default=None, help="calibration samples (default: 64 windows)")
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--windows", type=int, default=64, help="perplexity windows of the test text")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default="runs/quant_vs_peer.jsonl")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -18,6 +18,11 @@ class StageContext:
     calibration: object  # CalibrationConfig (recipe.py)
     progress: bool = True
 
+    def calibration_kwargs(self) -> dict | None:
+        """The recipe's calibration settings as keyword arguments of `calibration_set`."""
+        import dataclasses
+        return dataclasses.asdict(self.calibration) if self.calibration is not None else None
+
 
 StageFn = Callable[[Model, object, StageContext], "tuple[Model, dict]"]
 

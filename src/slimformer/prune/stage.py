@@ -1,11 +1,9 @@
 """The `prune` stage: score, mask and (SparseGPT) update every selected linear of every block."""
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 
-import torch
 
 from ..data.calibration import calibration_set
 from ..engine import run_sequential
@@ -139,6 +137,5 @@ def _owl(model: Model, cfg: PruneConfig, calib, target: float, progress: bool) -
 @register_stage("prune", PruneConfig, doc="zero individual weights: magnitude, Wanda, SparseGPT; "
                 "unstructured or N:M; uniform or OWL per-layer sparsity")
 def run(model: Model, cfg: PruneConfig, ctx) -> tuple[Model, dict]:
-    calibration = dataclasses.asdict(ctx.calibration) if ctx.calibration is not None else None
-    log = prune_model(model, cfg, calibration, progress=ctx.progress)
+    log = prune_model(model, cfg, ctx.calibration_kwargs(), progress=ctx.progress)
     return model, log

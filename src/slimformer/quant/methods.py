@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine.hessian import HessianInfo, inverse_cholesky
-from .spec import QuantSpec, params_for, quantize, quantize_with
+from .spec import QuantSpec, fake_quantize, params_for, quantize, quantize_with
 
 
 @dataclass
@@ -86,7 +86,6 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128
 
 def awq_loss(Ws: list[torch.Tensor], X: torch.Tensor, s: torch.Tensor, spec: QuantSpec) -> float:
     """Output error of the linears `Ws` (sharing input X [n, in]) quantized after scaling by s."""
-    from .spec import fake_quantize
     Xs = X / s[None, :]
     total = 0.0
     for W in Ws:

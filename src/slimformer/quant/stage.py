@@ -81,7 +81,7 @@ def _selected(cfg: QuantizeConfig, blk: BlockMap) -> list[str]:
     return [n for n in blk.linears if not any(re.search(rx, n) for rx in cfg.ignore)]
 
 
-def _fold_target(model: Model, blk: BlockMap, group: list[str]) -> tuple[str, str] | None:
+def _fold_target(blk: BlockMap, group: list[str]) -> tuple[str, str] | None:
     """Where a per-input-channel scale of `group` can be folded: ("norm", name) or ("rows", name)
     of the op producing the group's input, when that output feeds nothing else."""
     attn, ffn = blk.attn, blk.ffn
@@ -155,7 +155,7 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
         for group in (g for g in groups if g):
             Ws = [get_module(model.module, n).weight.detach().float() for n in group]
             st = stats.get(group[0]) if stats else None
-            s, target = None, _fold_target(model, blk, group)
+            s, target = None, _fold_target(blk, group)
             # SmoothQuant's own targets (the norm outputs) and every other input it can fold away
             if cfg.smoothquant is not None and (group[0] in blk.attn.inputs or blk.ffn.up in group
                                                 or target is not None):
@@ -204,7 +204,7 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     log["kernels"] = dict(kernels)
     log["simulated"] = kernels.get("simulated", 0) > 0
     if scaling:
-        log["scales"] = {k: v for k, v in scaling.items()}
+        log["scales"] = dict(scaling)
     if notes:
         log["hessian_notes"] = notes
     return log
@@ -230,6 +230,5 @@ def _quantize_head(model: Model, cfg: QuantizeConfig, kernels: Counter) -> None:
 @register_stage("quantize", QuantizeConfig, doc="int8 / int4 / int3 weights (RTN, GPTQ, AWQ) and int8 "
                 "activations (dynamic per token, or static with SmoothQuant), on integer kernels")
 def run(model: Model, cfg: QuantizeConfig, ctx) -> tuple[Model, dict]:
-    calibration = dataclasses.asdict(ctx.calibration) if ctx.calibration is not None else None
-    log = quantize_model(model, cfg, calibration, progress=ctx.progress)
+    log = quantize_model(model, cfg, ctx.calibration_kwargs(), progress=ctx.progress)
     return model, log

@@ -1,6 +1,7 @@
 """Per-linear input statistics, collected by forward hooks while calibration data runs.
 
-A method asks for what it needs: "norms" (sum of squares per input channel: Wanda, OWL),
+A method asks for what it needs: "norms" (sum of squares per input channel: Wanda, OWL, trim
+scores), "mean" (sum per input channel: FLAP's fluctuation and bias compensation),
 "hessian" (sum of x x^T: SparseGPT, GPTQ), "absmax" (max |x| per channel: SmoothQuant, ranges), "sample" (up to SAMPLE_ROWS random token
 rows of every forward call, with a fixed seed: AWQ's scale search).
 Padding positions are excluded through the token mask the engine sets per sample.
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-KINDS = ("norms", "hessian", "absmax", "sample")
+KINDS = ("norms", "mean", "hessian", "absmax", "sample")
 SAMPLE_ROWS = 128  # per forward call; 64 calibration windows give 8192 tokens
 
 
@@ -21,6 +22,7 @@ class LinearStats:
     want: frozenset
     n: int = 0  # tokens seen
     sq_sum: torch.Tensor | None = None  # [in]
+    sum: torch.Tensor | None = None  # [in], float64
     xtx: torch.Tensor | None = None  # [in, in], float64 for a well-conditioned sum
     absmax: torch.Tensor | None = None  # [in]
     rows: list = field(default_factory=list, repr=False)  # sampled token rows, [k, in] each
@@ -35,6 +37,9 @@ class LinearStats:
         if "norms" in self.want:
             s = x.pow(2).sum(0)
             self.sq_sum = s if self.sq_sum is None else self.sq_sum + s
+        if "mean" in self.want:
+            m = x.double().sum(0)
+            self.sum = m if self.sum is None else self.sum + m
         if "hessian" in self.want:
             h = (x.T @ x).double()
             self.xtx = h if self.xtx is None else self.xtx + h
@@ -54,6 +59,18 @@ class LinearStats:
     def norms(self) -> torch.Tensor:
         """||X_j||_2 over every calibration token, per input channel (Wanda's activation term)."""
         return self.sq_sum.sqrt()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean input per channel over every calibration token."""
+        return (self.sum / max(self.n, 1)).float()
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Variance over tokens per input channel (FLAP's fluctuation); needs norms and mean."""
+        n = max(self.n, 1)
+        mean = self.sum / n
+        return (self.sq_sum.double() / n - mean.pow(2)).clamp_min(0).float()
 
     def hessian(self) -> torch.Tensor:
         """H = 2/n X^T X (float32), the layer-wise reconstruction Hessian of SparseGPT / GPTQ."""

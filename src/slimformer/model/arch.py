@@ -22,6 +22,7 @@ class AttentionMap:
     k: str | None = None
     v: str | None = None
     qkv: str | None = None  # fused projection (GPT-2's c_attn): rows are [q; k; v]
+    module: str = ""  # the attention module holding the head counts the forward reads (trimming sets them)
 
     @property
     def fused(self) -> bool:
@@ -87,6 +88,8 @@ class ArchMap:
     head: str | None = None  # LM head, for causal models
     tied_head: bool = False
     conv1d_transposed: tuple[str, ...] = field(default=())  # GPT-2 Conv1D turned into Linear at load
+    embedding_norm: str | None = None  # LayerNorm applied to the embeddings (BERT family)
+    pooler: str | None = None  # BERT's pooler dense (hidden -> hidden), kept consistent when trimming
 
     @property
     def n_layers(self) -> int:

@@ -1,8 +1,11 @@
 """One adapter per supported family: it reads a loaded module and its config into an ArchMap.
 
 The adapter is chosen by the config's model_type; a family is supported when an adapter
-lists its model_type. Shapes come from the config (which trimming rewrites), and are checked
-against the real weights so that a mismatch fails at load, not in the middle of a method.
+lists its model_type. Head counts and FFN widths are read per block from the modules (trimming
+may leave different counts in different blocks), and checked against the real weights so that
+a mismatch fails at load, not in the middle of a method. `ATTENTION_SETTERS` writes new head
+counts into a family's attention module, and `CONFIG_KEYS` names the config fields a uniform
+trim rewrites: the only family-specific knowledge trimming needs.
 """
 from __future__ import annotations
 
@@ -23,16 +26,17 @@ def _prefix(root: nn.Module) -> str:
 
 def _bert(root: nn.Module, cfg, model_type: str) -> ArchMap:
     p = _prefix(root)
-    n_heads = cfg.num_attention_heads
     blocks = []
-    for i in range(cfg.num_hidden_layers):
+    for i in range(len(get_module(root, f"{p}encoder.layer"))):
         b = f"{p}encoder.layer.{i}"
-        head_dim = get_module(root, f"{b}.attention.self.query").out_features // n_heads
+        sa = get_module(root, f"{b}.attention.self")
+        n_heads, head_dim = sa.num_attention_heads, sa.attention_head_size
         blocks.append(BlockMap(
             index=i, name=b,
             attn=AttentionMap(q=f"{b}.attention.self.query", k=f"{b}.attention.self.key",
                               v=f"{b}.attention.self.value", o=f"{b}.attention.output.dense",
-                              n_heads=n_heads, n_kv_heads=n_heads, head_dim=head_dim),
+                              n_heads=n_heads, n_kv_heads=n_heads, head_dim=head_dim,
+                              module=f"{b}.attention.self"),
             ffn=FFNMap(up=f"{b}.intermediate.dense", down=f"{b}.output.dense",
                        width=get_module(root, f"{b}.intermediate.dense").out_features),
             attn_norm=f"{b}.attention.output.LayerNorm", ffn_norm=f"{b}.output.LayerNorm",
@@ -40,9 +44,11 @@ def _bert(root: nn.Module, cfg, model_type: str) -> ArchMap:
     emb = [f"{p}embeddings.word_embeddings", f"{p}embeddings.position_embeddings"]
     if getattr(cfg, "type_vocab_size", 0):
         emb.append(f"{p}embeddings.token_type_embeddings")
+    pooler = f"{p}pooler.dense" if getattr(get_module(root, p.rstrip(".")), "pooler", None) is not None else None
     return ArchMap(family="bert", model_type=model_type, kind="encoder",
                    hidden_size=cfg.hidden_size, max_positions=_bert_positions(cfg, model_type),
-                   blocks=tuple(blocks), embeddings=tuple(emb))
+                   blocks=tuple(blocks), embeddings=tuple(emb), embedding_norm=f"{p}embeddings.LayerNorm",
+                   pooler=pooler)
 
 
 def _bert_positions(cfg, model_type: str) -> int:
@@ -55,33 +61,36 @@ def _bert_positions(cfg, model_type: str) -> int:
 def _distilbert(root: nn.Module, cfg, model_type: str) -> ArchMap:
     p = _prefix(root)
     blocks = []
-    for i in range(cfg.n_layers):
+    for i in range(len(get_module(root, f"{p}transformer.layer"))):
         b = f"{p}transformer.layer.{i}"
-        head_dim = get_module(root, f"{b}.attention.q_lin").out_features // cfg.n_heads
+        sa = get_module(root, f"{b}.attention")
         blocks.append(BlockMap(
             index=i, name=b,
             attn=AttentionMap(q=f"{b}.attention.q_lin", k=f"{b}.attention.k_lin",
                               v=f"{b}.attention.v_lin", o=f"{b}.attention.out_lin",
-                              n_heads=cfg.n_heads, n_kv_heads=cfg.n_heads, head_dim=head_dim),
+                              n_heads=sa.n_heads, n_kv_heads=sa.n_heads, head_dim=sa.attention_head_size,
+                              module=f"{b}.attention"),
             ffn=FFNMap(up=f"{b}.ffn.lin1", down=f"{b}.ffn.lin2",
                        width=get_module(root, f"{b}.ffn.lin1").out_features),
             attn_norm=f"{b}.sa_layer_norm", ffn_norm=f"{b}.output_layer_norm", pre_norm=False))
     return ArchMap(family="distilbert", model_type=model_type, kind="encoder", hidden_size=cfg.dim,
                    max_positions=cfg.max_position_embeddings, blocks=tuple(blocks),
-                   embeddings=(f"{p}embeddings.word_embeddings", f"{p}embeddings.position_embeddings"))
+                   embeddings=(f"{p}embeddings.word_embeddings", f"{p}embeddings.position_embeddings"),
+                   embedding_norm=f"{p}embeddings.LayerNorm")
 
 
 def _gpt2(root: nn.Module, cfg, model_type: str) -> ArchMap:
     p = _prefix(root)
     blocks, conv = [], []
-    for i in range(cfg.n_layer):
+    for i in range(len(get_module(root, f"{p}h"))):
         b = f"{p}h.{i}"
+        at = get_module(root, f"{b}.attn")
         blocks.append(BlockMap(
             index=i, name=b,
-            attn=AttentionMap(qkv=f"{b}.attn.c_attn", o=f"{b}.attn.c_proj", n_heads=cfg.n_head,
-                              n_kv_heads=cfg.n_head, head_dim=cfg.n_embd // cfg.n_head),
+            attn=AttentionMap(qkv=f"{b}.attn.c_attn", o=f"{b}.attn.c_proj", n_heads=at.num_heads,
+                              n_kv_heads=at.num_heads, head_dim=at.head_dim, module=f"{b}.attn"),
             ffn=FFNMap(up=f"{b}.mlp.c_fc", down=f"{b}.mlp.c_proj",
-                       width=cfg.n_inner or 4 * cfg.n_embd),
+                       width=_out_features(get_module(root, f"{b}.mlp.c_fc"))),
             attn_norm=f"{b}.ln_1", ffn_norm=f"{b}.ln_2", pre_norm=True))
         conv += [f"{b}.attn.c_attn", f"{b}.attn.c_proj", f"{b}.mlp.c_fc", f"{b}.mlp.c_proj"]
     head = "lm_head" if hasattr(root, "lm_head") else None
@@ -93,19 +102,19 @@ def _gpt2(root: nn.Module, cfg, model_type: str) -> ArchMap:
 
 def _llama(root: nn.Module, cfg, model_type: str) -> ArchMap:
     p = _prefix(root)
-    n_heads = cfg.num_attention_heads
-    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
     blocks = []
-    for i in range(cfg.num_hidden_layers):
+    for i in range(len(get_module(root, f"{p}layers"))):
         b = f"{p}layers.{i}"
+        head_dim = get_module(root, f"{b}.self_attn").head_dim
+        n_heads = _out_features(get_module(root, f"{b}.self_attn.q_proj")) // head_dim
+        n_kv = _out_features(get_module(root, f"{b}.self_attn.k_proj")) // head_dim
         blocks.append(BlockMap(
             index=i, name=b,
             attn=AttentionMap(q=f"{b}.self_attn.q_proj", k=f"{b}.self_attn.k_proj",
                               v=f"{b}.self_attn.v_proj", o=f"{b}.self_attn.o_proj",
-                              n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim),
+                              n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim, module=f"{b}.self_attn"),
             ffn=FFNMap(gate=f"{b}.mlp.gate_proj", up=f"{b}.mlp.up_proj", down=f"{b}.mlp.down_proj",
-                       width=cfg.intermediate_size),
+                       width=_out_features(get_module(root, f"{b}.mlp.up_proj"))),
             attn_norm=f"{b}.input_layernorm", ffn_norm=f"{b}.post_attention_layernorm",
             pre_norm=True))
     head = "lm_head" if hasattr(root, "lm_head") else None
@@ -114,6 +123,42 @@ def _llama(root: nn.Module, cfg, model_type: str) -> ArchMap:
                    embeddings=(f"{p}embed_tokens",), final_norm=f"{p}norm", head=head,
                    tied_head=bool(head and cfg.tie_word_embeddings))
 
+
+def _out_features(mod: nn.Module) -> int:
+    return getattr(mod, "out_features", None) or mod.weight.shape[0]
+
+
+def _set_bert(mod, n_heads: int, n_kv_heads: int, head_dim: int) -> None:
+    mod.num_attention_heads, mod.attention_head_size = n_heads, head_dim
+    mod.all_head_size, mod.scaling = n_heads * head_dim, head_dim ** -0.5
+
+
+def _set_distilbert(mod, n_heads: int, n_kv_heads: int, head_dim: int) -> None:
+    mod.n_heads, mod.attention_head_size, mod.scaling = n_heads, head_dim, head_dim ** -0.5
+
+
+def _set_gpt2(mod, n_heads: int, n_kv_heads: int, head_dim: int) -> None:
+    mod.num_heads, mod.head_dim, mod.split_size = n_heads, head_dim, n_heads * head_dim
+    mod.scaling = (head_dim ** -0.5 if mod.scale_attn_weights else 1.0) / \
+        (float(mod.layer_idx + 1) if mod.scale_attn_by_inverse_layer_idx else 1.0)
+
+
+def _set_llama(mod, n_heads: int, n_kv_heads: int, head_dim: int) -> None:
+    mod.head_dim, mod.num_key_value_groups = head_dim, n_heads // n_kv_heads
+
+
+# What a family's attention forward reads of its head counts, written by trimming.
+ATTENTION_SETTERS = {"bert": _set_bert, "distilbert": _set_distilbert, "gpt2": _set_gpt2, "llama": _set_llama}
+
+# Config fields a uniform trim rewrites, by family: heads, kv_heads, ffn, layers, hidden.
+CONFIG_KEYS = {
+    "bert": dict(heads="num_attention_heads", ffn="intermediate_size", layers="num_hidden_layers",
+                 hidden="hidden_size"),
+    "distilbert": dict(heads="n_heads", ffn="hidden_dim", layers="n_layers", hidden="dim"),
+    "gpt2": dict(heads="n_head", ffn="n_inner", layers="n_layer", hidden="n_embd"),
+    "llama": dict(heads="num_attention_heads", kv_heads="num_key_value_heads", ffn="intermediate_size",
+                  layers="num_hidden_layers", hidden="hidden_size", head_dim="head_dim"),
+}
 
 ADAPTERS: dict[str, Adapter] = {
     "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "camembert": _bert,

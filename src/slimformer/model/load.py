@@ -89,12 +89,17 @@ def _load_slimformer_weights(cls, cfg, folder: Path, meta: dict, dtype: torch.dt
     from safetensors.torch import load_file
     module = cls.from_config(cfg, dtype=dtype)
     _normalise_conv1d(module)  # the file holds the linear [out, in] layout
+    stored = load_file(str(folder / SPARSE_WEIGHTS))
+    if meta.get("trim"):
+        from .shapes import apply_shape_map
+        shapes = {k: tuple(v.shape) for k, v in stored.items() if not k.endswith(sparse_io.SUFFIXES)}
+        shapes.update({k: tuple(stored[f"{k}.__shape"].tolist()) for k in sparse_io.packed_names(stored)})
+        apply_shape_map(module, shapes, meta["trim"])
     if meta.get("quant"):
         from ..quant.modules import QuantLinear
         from .arch import set_module
         for name, desc in meta["quant"]["layers"].items():
             set_module(module, name, QuantLinear.empty_like(desc))
-    stored = load_file(str(folder / SPARSE_WEIGHTS))
     state, masks = {}, {}
     for key in sparse_io.packed_names(stored):
         state[key], keep = sparse_io.unpack(key, stored)

@@ -35,9 +35,13 @@ def save(model: Model, out: str | os.PathLike, overwrite: bool = False, dense: b
 
 def write_folder(model: Model, folder: Path, dense: bool = False) -> None:
     meta = {"slimformer_version": slimformer.__version__, "source": model.source, "stages": model.log}
-    if quantized_layers(model) and dense:
-        raise ValueError("a quantized model cannot be saved dense; save it without dense=True")
-    if (model.masks or quantized_layers(model)) and not dense:
+    from .shapes import config_mismatches
+    quant = quantized_layers(model)
+    nonstandard = [] if quant else config_mismatches(model)
+    if (quant or nonstandard) and dense:
+        raise ValueError("a quantized model, or a trimmed one its config cannot describe, cannot be "
+                         "saved as a plain dense folder; save it without dense=True")
+    if (model.masks or quant or nonstandard) and not dense:
         meta.update(_write_sparse(model, folder))
     else:
         _write_dense(model, folder)
@@ -84,4 +88,6 @@ def _write_sparse(model: Model, folder: Path) -> dict:
     quant = quantized_layers(model)
     if quant:
         meta["quant"] = {"format": "slimq-v1", "layers": quant}
+    from .shapes import shape_map
+    meta["trim"] = shape_map(model)  # head counts and low-rank factors the config cannot hold
     return meta

@@ -66,6 +66,11 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
     if simulated:
         notes.append(f"SIMULATED: {simulated} quantized linears have no integer kernel here and run "
                      "dequantized in fp32 (research only); the speed figures are not a quantization speed-up.")
+    odd = [log for log in logs if log.get("stage") == "trim" and not log.get("standard", True)]
+    if odd:
+        notes.append("NON-STANDARD shapes: the trimmed model's config cannot describe it "
+                     f"({odd[-1]['nonstandard'][0]}, ...); it is saved with a shape map and loads through "
+                     "slimformer.load, not plain transformers.")
     ev = recipe.evaluate
     task = ev.task or default_task(model)
     kw = dict(task=task, data=ev.data, split=ev.split, seq_len=ev.seq_len, max_windows=ev.max_windows,

@@ -35,11 +35,12 @@ def calibration_loss(model: Model, batch: dict, target: torch.Tensor | None) -> 
     if model.is_causal:
         ids = batch["input_ids"]
         mask = batch.get("attention_mask")
-        logits = model.module(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        logits = model.module(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         labels = ids[:, 1:].clone()
         if mask is not None:
             labels[mask[:, 1:] == 0] = -100
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
     emb = F.normalize(sentence_embeddings(model, batch).float(), dim=-1)
-    sim = emb @ target.T / TEMPERATURE
+    sim = emb @ target.T.to(emb.dtype) / TEMPERATURE
     return F.cross_entropy(sim, torch.arange(sim.shape[0]))

@@ -103,6 +103,11 @@ def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, o
                progress: bool = True) -> dict:
     """Trim `model` in place. Returns the stage log."""
     cfg.validate()
+    for name in model.arch.linears:
+        if type(get_module(model.module, name)) is not torch.nn.Linear:
+            raise ConfigValueError(f"{name} is a {type(get_module(model.module, name)).__name__}, not a dense "
+                                   "Linear; put trim before prune / quantize stages in the recipe, and at most one "
+                                   "trim with lowrank, last")
     before = _params(model)
     log: dict = {"score": cfg.score, "allocation": cfg.allocation}
     needs_data = cfg.layers or cfg.score != "magnitude" or cfg.bias_compensation or \

@@ -41,6 +41,7 @@ def torch_pruning_variant(base, heads: float, ffn: float):
         a = blk.attn
         for n in (a.q, a.k, a.v):
             num_heads[mod.get_submodule(n)] = a.n_heads
+            ratios[mod.get_submodule(n)] = heads  # a group with ratio 0 is skipped, heads included
         ratios[mod.get_submodule(blk.ffn.up)] = ffn
         # Outputs of o and down are the hidden size: not pruned (only their input side follows).
         ignored += [mod.get_submodule(a.o), mod.get_submodule(blk.ffn.down)]
@@ -64,13 +65,12 @@ def torch_pruning_variant(base, heads: float, ffn: float):
 def variants(base, args):
     yield "original fp32", base, None, None
     for crit in args.criteria:
-        for comp in ([True, False] if crit == "fluctuation" else [True]):
+        for comp in args.compensate:
             m = copy.deepcopy(base)
             t0 = time.perf_counter()
-            log = trim_model(m, TrimConfig(score=crit, heads=args.heads, ffn=args.ffn, bias_compensation=comp),
-                             None, original=base, progress=False)
-            name = f"slimformer {crit}" + ("" if comp else " (no bias compensation)")
-            yield name, m, time.perf_counter() - t0, log["params_ratio"]
+            log = trim_model(m, TrimConfig(score=crit, heads=args.heads, ffn=args.ffn, compensate=comp,
+                                           allocation=args.allocation), None, original=base, progress=False)
+            yield f"slimformer {crit}, {comp}", m, time.perf_counter() - t0, log["params_ratio"]
     if args.peer:
         t0 = time.perf_counter()
         m = torch_pruning_variant(base, args.heads, args.ffn)
@@ -83,6 +83,9 @@ def main() -> None:
     p.add_argument("--heads", type=float, default=0.5)
     p.add_argument("--ffn", type=float, default=0.5)
     p.add_argument("--criteria", nargs="+", default=CRITERIA)
+    p.add_argument("--compensate", nargs="+", default=["reconstruct", "none"],
+                   help="what the readers of removed channels do: reconstruct | bias | none")
+    p.add_argument("--allocation", default="uniform")
     p.add_argument("--peer", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--passes", type=int, default=2)
@@ -111,7 +114,7 @@ def main() -> None:
                "threads": args.threads, "rounds": args.rounds, "environment": environment()}
         append_row(args.out, row)
         rows.append(row)
-        print(f"{name:<45} {row['spearman']:6.2f}  {row['throughput_ratio']:.2f}x  b1 {row['latency_ratio']:.2f}x",
+        print(f"{name:<50} {row['spearman']:6.2f}  {row['throughput_ratio']:.2f}x  b1 {row['latency_ratio']:.2f}x",
               flush=True)
     print(f"\n{args.model}, heads {args.heads:g} + FFN {args.ffn:g} removed per block, one-shot, {args.threads} thread(s)")
     print("| variant | STS-B test Spearman | params | throughput vs original | b1x32 latency vs original | trim time |")

@@ -16,6 +16,7 @@ from slimformer.trim import TrimConfig, svd_factors, trim_model
 from slimformer.trim import scores as S
 from slimformer.trim.layers import block_influence, choose_by_loss
 from slimformer.trim.objective import calibration_loss, targets
+from slimformer.trim.reconstruct import mean_into_bias, refit
 from slimformer.trim.surgery import drop_blocks, refresh, trim_ffn, trim_heads
 from slimformer.trim.taylor import taylor_scores
 
@@ -76,6 +77,25 @@ def test_activation_and_fluctuation_scores_match_direct_computation(tiny, family
         got_f = scorer(model, blk, "fluctuation", stats).double()
         torch.testing.assert_close(got_a, wanda.view(-1, groups).sum(1), rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(got_f, flap.view(-1, groups).sum(1), rtol=2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_hidden_channel_scores_match_direct_computation(tiny, family):
+    model = tiny[family]
+    calib = calibration_set(model, **CAL)
+    stats = _stats(model, calib, {"norms", "mean"})
+    wanda, flap = 0, 0
+    for blk in model.arch.blocks:
+        for group in S.hidden_readers(blk):
+            X = _inputs_of(model, group[0], calib.batches)
+            W = torch.cat([get_module(model.module, n).weight.data for n in group]).double()
+            wanda = wanda + X.norm(dim=0) * W.norm(dim=0)
+            flap = flap + X.var(dim=0, unbiased=False) * W.pow(2).sum(0)
+    torch.testing.assert_close(S.hidden_scores(model, "activation", stats).double(), wanda, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(S.hidden_scores(model, "fluctuation", stats).double(), flap, rtol=2e-3, atol=1e-6)
+    emb = get_module(model.module, model.arch.embeddings[0]).weight.data
+    mag = S.hidden_scores(model, "magnitude")
+    assert bool((mag.pow(2) >= emb.pow(2).sum(0) - 1e-4).all())  # the embedding column is part of the group
 
 
 def test_magnitude_scores_are_group_norms(tiny):
@@ -214,13 +234,38 @@ def test_cutting_heads_and_neurons_equals_zeroing_their_output_weights(tiny, fam
     assert get_module(model.module, model.arch.blocks[0].ffn.up).out_features == len(range(0, width, 3))
 
 
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_cutting_head_dimensions_equals_zeroing_their_query_and_value_rows(tiny, family):
+    from slimformer.trim.surgery import trim_head_dims
+    model, zeroed = copy.deepcopy(tiny[family]), copy.deepcopy(tiny[family])
+    for blk in model.arch.blocks:
+        a = blk.attn
+        keep = torch.stack([torch.arange(0, a.head_dim, 2) + (h % 2) for h in range(a.n_heads)])  # 8 of 16
+        gone = [h * a.head_dim + d for h in range(a.n_heads) for d in range(a.head_dim) if d not in keep[h]]
+        with torch.no_grad():
+            if a.fused:
+                W = get_module(zeroed.module, a.qkv)
+                width = a.n_heads * a.head_dim
+                for rows in (torch.tensor(gone), 2 * width + torch.tensor(gone)):
+                    W.weight[rows] = 0
+                    W.bias[rows] = 0
+            else:
+                for name in (a.q, a.v):
+                    get_module(zeroed.module, name).weight[gone] = 0
+                    get_module(zeroed.module, name).bias[gone] = 0
+        trim_head_dims(model, blk, keep, keep)
+    refresh(model)
+    ids = _ids()
+    torch.testing.assert_close(_out(model, ids), _out(zeroed, ids), rtol=1e-4, atol=1e-5)
+
+
 def test_gqa_heads_are_removed_evenly_within_groups_or_as_whole_groups(tiny):
     model = copy.deepcopy(tiny["llama"])  # 4 query heads, 2 KV heads
-    log = trim_model(model, TrimConfig(heads=0.5, score="magnitude", bias_compensation=False), None, progress=False)
+    log = trim_model(model, TrimConfig(heads=0.5, score="magnitude", compensate="none"), None, progress=False)
     assert [(b.attn.n_heads, b.attn.n_kv_heads) for b in model.arch.blocks] == [(2, 2), (2, 2)]
     assert log["standard"]
     model = copy.deepcopy(tiny["llama"])
-    trim_model(model, TrimConfig(kv_heads=1, score="magnitude", bias_compensation=False), None, progress=False)
+    trim_model(model, TrimConfig(kv_heads=1, score="magnitude", compensate="none"), None, progress=False)
     assert [(b.attn.n_heads, b.attn.n_kv_heads) for b in model.arch.blocks] == [(2, 1), (2, 1)]
     with pytest.raises(ConfigValueError, match="same number of query heads"):
         trim_heads(copy.deepcopy(tiny["llama"]), tiny["llama"].arch.blocks[0], [0, 1, 2])
@@ -240,23 +285,46 @@ def test_dropping_blocks_equals_skipping_them(tiny):
 
 
 def test_bias_compensation_replaces_removed_neurons_by_their_mean(tiny):
-    model = copy.deepcopy(tiny["bert"])
+    model = tiny["bert"]
     calib = calibration_set(model, **CAL)
     stats = _stats(model, calib, {"norms", "mean"})
-    blk = model.arch.blocks[0]
-    down = get_module(model.module, blk.ffn.down)
+    down = get_module(model.module, model.arch.blocks[0].ffn.down)
     removed = torch.arange(10)
-    X = _inputs_of(model, blk.ffn.down, calib.batches)
+    X = _inputs_of(model, model.arch.blocks[0].ffn.down, calib.batches)
     expect = down.bias.data + down.weight.data[:, removed] @ X[:, removed].mean(0).float()
-    trim_ffn(model, blk, list(range(10, blk.ffn.width)), S.bias_compensation(model, blk.ffn.down, stats, removed))
-    torch.testing.assert_close(get_module(model.module, blk.ffn.down).bias.data, expect, rtol=1e-4, atol=1e-5)
+    got = mean_into_bias(down.weight.data, down.bias.data, stats[model.arch.blocks[0].ffn.down].mean, removed)
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])  # with a bias, and without
+def test_reconstruction_is_the_least_squares_refit_of_the_original_output(tiny, family):
+    model = tiny[family]
+    calib = calibration_set(model, **CAL)
+    blk = model.arch.blocks[0]
+    stats = _stats(model, calib, {"hessian", "mean"})
+    down = get_module(model.module, blk.ffn.down)
+    X = _inputs_of(model, blk.ffn.down, calib.batches)
+    b = down.bias.data.double() if down.bias is not None else None
+    Y = X @ down.weight.data.double().T + (b if b is not None else 0)
+    keep = torch.arange(0, blk.ffn.width, 2)
+    A = X[:, keep] if b is None else torch.cat([X[:, keep], torch.ones(len(X), 1, dtype=X.dtype)], 1)
+    sol = torch.linalg.lstsq(A, Y).solution.T  # [out, |keep| (+1)]
+    st = stats[blk.ffn.down]
+    W, b_new = refit(down.weight.data, down.bias.data if b is not None else None, st.xtx, st.sum, st.n, keep,
+                     damp=1e-9)
+    torch.testing.assert_close(W.double(), sol[:, :len(keep)], rtol=1e-3, atol=1e-4)
+    if b is not None:
+        torch.testing.assert_close(b_new.double(), sol[:, -1], rtol=1e-3, atol=1e-4)
+    err = lambda W_, b_: (X[:, keep] @ W_.double().T + (b_.double() if b_ is not None else 0) - Y).pow(2).sum()
+    sliced = err(down.weight.data[:, keep], down.bias.data if b is not None else None)
+    assert err(W, b_new) < sliced  # the refit is never worse than slicing alone
 
 
 def test_trim_keeps_pruning_masks_in_step(tiny):
     from slimformer.prune import PruneConfig, prune_model
     model = copy.deepcopy(tiny["llama"])
     prune_model(model, PruneConfig(method="magnitude", sparsity=0.5), progress=False)
-    trim_model(model, TrimConfig(ffn=0.25, layers=1, score="magnitude", bias_compensation=False,
+    trim_model(model, TrimConfig(ffn=0.25, layers=1, score="magnitude", compensate="none",
                                  layer_score="block_influence"), CAL, progress=False)
     for name, keep in model.masks.items():
         W = get_module(model.module, name).weight
@@ -272,6 +340,8 @@ def test_trim_keeps_pruning_masks_in_step(tiny):
     ("bert", dict(ffn=0.5, layers=1)),
     ("distilbert", dict(ffn=0.25)),
     ("gpt2", dict(ffn=0.5, layers=1)),
+    ("bert", dict(hidden=0.25)),  # heads shrink with the hidden size: head_dim = hidden / heads holds
+    ("gpt2", dict(hidden=0.25, ffn=0.25)),
 ])
 def test_uniform_trims_load_in_plain_transformers_with_identical_outputs(tiny, tmp_path, family, cfg):
     model = copy.deepcopy(tiny[family])
@@ -291,7 +361,6 @@ def test_uniform_trims_load_in_plain_transformers_with_identical_outputs(tiny, t
     ("bert", dict(heads=0.5, ffn=0.5)),  # attention narrower than hidden: no standard config
     ("gpt2", dict(heads=1, allocation="global")),  # different head counts per block
     ("llama", dict(ffn=0.3, allocation="global", score="taylor")),
-    ("bert", dict(hidden=0.25)),
     ("llama", dict(lowrank={r"mlp\.(up|gate)_proj": 0.25})),
 ])
 def test_nonstandard_trims_reload_through_slimformer_bit_identically(tiny, tmp_path, family, cfg):
@@ -312,7 +381,7 @@ def test_lowrank_replaces_only_linears_where_it_saves_time(tiny):
     from slimformer.trim import LowRankLinear
     model = copy.deepcopy(tiny["llama"])
     log = trim_model(model, TrimConfig(lowrank={r"mlp\.up_proj": 0.25, r"self_attn\.q_proj": 0.9},
-                                       lowrank_method="svd", bias_compensation=False, score="magnitude"),
+                                       lowrank_method="svd", compensate="none", score="magnitude"),
                      None, progress=False)
     blk = model.arch.blocks[0]
     assert isinstance(get_module(model.module, blk.ffn.up), LowRankLinear)
@@ -355,7 +424,7 @@ def test_trim_after_quantize_says_to_reorder(tiny):
     model = copy.deepcopy(tiny["llama"])
     quantize_model(model, QuantizeConfig(method="rtn", bits=8), progress=False)
     with pytest.raises(ConfigValueError, match="put trim before"):
-        trim_model(model, TrimConfig(ffn=0.5, score="magnitude", bias_compensation=False), None, progress=False)
+        trim_model(model, TrimConfig(ffn=0.5, score="magnitude", compensate="none"), None, progress=False)
 
 
 def test_compress_with_trim_writes_a_standard_folder_and_reports_speed(tiny, tmp_path):

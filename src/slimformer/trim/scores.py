@@ -108,10 +108,19 @@ def hidden_scores(model: Model, criterion: str, stats=None, taylor=None) -> torc
     return total
 
 
-def bias_compensation(model: Model, reader: str, stats, removed: torch.Tensor) -> torch.Tensor:
-    """FLAP's bias compensation: a removed input channel is replaced by its calibration mean,
-    so W[:, removed] @ mean[removed] moves into the reader's bias."""
-    return _w(model, reader)[:, removed] @ stats[reader].mean[removed]
+def head_dim_scores(model: Model, blk: BlockMap, criterion: str, stats=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """([heads, head_dim] for query/key dimensions, same for value dimensions). A q/k dimension d
+    adds q_d k_d to the logits: scored by the product of the two rows' norms, each row weighted by
+    the input channels' activation norms (a Wanda-style estimate of the output norm) unless the
+    criterion is magnitude. A value dimension: its v row (weighted likewise) times its o column."""
+    a = blk.attn
+    q, k, v = _qkv_rows(blk, model)
+    s = stats[a.inputs[0]].norms if criterion != "magnitude" and stats else torch.ones(q.shape[-1])
+    per = a.n_heads // a.n_kv_heads
+    k, v = k.repeat_interleave(per, 0), v.repeat_interleave(per, 0)
+    qk = (q * s).norm(dim=-1) * (k * s).norm(dim=-1)
+    o_cols = _w(model, a.o).norm(dim=0).view(a.n_heads, a.head_dim)
+    return qk, (v * s).norm(dim=-1) * o_cols
 
 
 def head_channels(blk: BlockMap, heads) -> torch.Tensor:

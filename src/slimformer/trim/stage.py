@@ -7,7 +7,6 @@ total for layers / hidden: a number below 1 is a fraction to remove, 1 or more a
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -23,8 +22,10 @@ from . import scores as S
 from .layers import block_influence, choose_by_loss
 from .lowrank import factorize, worth_factoring
 from .objective import targets as loss_targets
-from .surgery import drop_blocks, refresh, trim_ffn, trim_heads, trim_hidden
+from .reconstruct import UPDATES
+from .surgery import drop_blocks, refresh
 from .taylor import taylor_scores
+from .width import amount, lowest, trim_width
 
 LAYER_SCORES = ("block_influence", "loss")
 ALLOCATIONS = ("uniform", "global")
@@ -43,7 +44,8 @@ class TrimConfig:
     layer_score: str = "block_influence"  # block_influence | loss (greedy, measured)
     layer_candidates: int = 0  # loss: measure only the N lowest-influence blocks per round (0: all)
     allocation: str = "uniform"  # uniform: the same count in every block; global: counts follow scores
-    bias_compensation: bool = True  # FLAP: removed channels' mean output moves into the bias
+    compensate: str = "reconstruct"  # reconstruct (least-squares refit of o / down) | bias (FLAP) | none
+    damp: float = 0.01  # reconstruct: dampening, fraction of the Gram matrix's mean diagonal
     grad_samples: int = 16  # calibration samples (batches for encoders) for taylor and loss
     lowrank: dict = field(default_factory=dict)  # {regex of linear names: rank (fraction of min(in, out) or count)}
     lowrank_method: str = "asvd"  # svd | asvd (activation-aware, whitened by the inputs' Gram matrix)
@@ -55,6 +57,10 @@ class TrimConfig:
             raise ConfigValueError(f"trim layer_score {self.layer_score!r} unknown; use {' or '.join(LAYER_SCORES)}")
         if self.allocation not in ALLOCATIONS:
             raise ConfigValueError(f"trim allocation {self.allocation!r} unknown; use {' or '.join(ALLOCATIONS)}")
+        if self.compensate not in UPDATES:
+            raise ConfigValueError(f"trim compensate must be one of {', '.join(UPDATES)} (got {self.compensate!r})")
+        if self.damp <= 0:
+            raise ConfigValueError(f"trim damp must be > 0 (got {self.damp})")
         if self.lowrank_method not in LOWRANK_METHODS:
             raise ConfigValueError(f"trim lowrank_method must be svd or asvd (got {self.lowrank_method!r})")
         for name in ("heads", "kv_heads", "ffn", "layers", "hidden"):
@@ -87,18 +93,6 @@ def _check_amount(name: str, value) -> None:
         raise ConfigValueError(f"trim {name} must be a fraction in [0, 1) or a whole count (got {value!r})")
 
 
-def amount(value: float, total: int, what: str, keep_at_least: int = 1) -> int:
-    """How many of `total` to remove: a fraction (rounded) or a count."""
-    n = int(round(value * total)) if value < 1 else int(value)
-    if n > total - keep_at_least:
-        raise ConfigValueError(f"cannot remove {n} of {total} {what}; at least {keep_at_least} must stay")
-    return n
-
-
-def _lowest(score: torch.Tensor, n: int) -> list[int]:
-    return torch.argsort(score, stable=True)[:n].tolist()
-
-
 def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, original: Model | None = None,
                progress: bool = True) -> dict:
     """Trim `model` in place. Returns the stage log."""
@@ -110,7 +104,7 @@ def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, o
                                    "trim with lowrank, last")
     before = _params(model)
     log: dict = {"score": cfg.score, "allocation": cfg.allocation}
-    needs_data = cfg.layers or cfg.score != "magnitude" or cfg.bias_compensation or \
+    needs_data = cfg.layers or cfg.score != "magnitude" or cfg.compensate != "none" or \
         (cfg.lowrank and cfg.lowrank_method == "asvd")
     calib = calibration_set(model, **(calibration or {})) if needs_data else None
     if calib is not None:
@@ -124,7 +118,11 @@ def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, o
         cfg = _with(cfg, heads=frac, ffn=frac)
         log["params_fraction_removed"] = round(frac, 4)
     if cfg.heads or cfg.kv_heads or cfg.ffn or cfg.hidden:
-        log.update(_trim_width(model, cfg, calib, grad_batches, reference, progress))
+        taylor = None
+        if cfg.score == "taylor":
+            taylor = taylor_scores(model, grad_batches, loss_targets(model, reference, grad_batches),
+                                   hidden=bool(cfg.hidden))
+        log.update(trim_width(model, cfg, calib, taylor, progress))
     if cfg.lowrank:
         log["lowrank"] = _lowrank(model, cfg, calib, progress)
     after = _params(model)
@@ -150,7 +148,7 @@ def _trim_layers(model: Model, cfg: TrimConfig, calib, grad_batches, reference, 
     influence = block_influence(model, calib.batches)
     entry: dict = {"score": cfg.layer_score, "block_influence": [round(float(v), 5) for v in influence]}
     if cfg.layer_score == "block_influence":
-        drop = _lowest(influence, n)
+        drop = lowest(influence, n)
     else:
         targets = loss_targets(model, reference, grad_batches)
         drop, rounds = choose_by_loss(model, n, grad_batches, targets, influence, cfg.layer_candidates, progress)
@@ -197,110 +195,6 @@ def _fraction_for_params(model: Model, cfg: TrimConfig, before: int) -> float:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if removed(mid) < goal else (lo, mid)
     return hi
-
-
-def _trim_width(model: Model, cfg: TrimConfig, calib, grad_batches, reference, progress) -> dict:
-    """KV groups, query heads, FFN neurons and hidden channels, from one set of statistics."""
-    stats: dict = {}
-    want = S.STATS_FOR.get(cfg.score, set()) | ({"norms", "mean"} if cfg.bias_compensation else set())
-    if want:
-        def keep_stats(model, blk, block_stats):
-            stats.update(block_stats)
-            return {}
-        run_sequential(model, calib, keep_stats, want, progress=progress, desc="trim statistics")
-    taylor = None
-    if cfg.score == "taylor":
-        taylor = taylor_scores(model, grad_batches, loss_targets(model, reference, grad_batches),
-                               hidden=bool(cfg.hidden))
-    log: dict = {}
-    compensate = cfg.bias_compensation and bool(stats)
-    if cfg.kv_heads or cfg.heads:
-        log["heads"] = _cut_heads(model, cfg, stats, taylor, compensate)
-    if cfg.ffn:
-        log["ffn"] = _cut_ffn(model, cfg, stats, taylor, compensate)
-    if cfg.hidden:
-        n = amount(cfg.hidden, model.arch.hidden_size, "hidden channels")
-        score = S.hidden_scores(model, cfg.score, stats, taylor)
-        keep = sorted(set(range(model.arch.hidden_size)) - set(_lowest(score, n)))
-        trim_hidden(model, keep)
-        refresh(model)
-        log["hidden"] = {"removed": n, "hidden_size": model.arch.hidden_size}
-    return log
-
-
-def _compensation(model, reader, stats, removed_channels, compensate):
-    # Only into an existing bias: adding one where the family has none (Llama) would make the
-    # config unable to describe the model.
-    if not compensate or not len(removed_channels) or get_module(model.module, reader).bias is None:
-        return None
-    return S.bias_compensation(model, reader, stats, torch.as_tensor(removed_channels, dtype=torch.long))
-
-
-def _global_counts(scores: list[torch.Tensor], total_remove: int, keep_at_least: int = 1) -> list[int]:
-    """Per-block removal counts from scores normalised by each block's mean (global allocation)."""
-    flat = torch.cat([s / s.mean().clamp_min(1e-12) for s in scores])
-    owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)])
-    counts = [0] * len(scores)
-    for idx in torch.argsort(flat, stable=True).tolist():
-        if total_remove == 0:
-            break
-        b = int(owner[idx])
-        if counts[b] < len(scores[b]) - keep_at_least:
-            counts[b] += 1
-            total_remove -= 1
-    return counts
-
-
-def _cut_heads(model: Model, cfg: TrimConfig, stats, taylor, compensate) -> dict:
-    blocks = model.arch.blocks
-    per_block = [S.head_scores(model, blk, cfg.score, stats, taylor) for blk in blocks]
-    gqa = blocks[0].attn.n_kv_heads < blocks[0].attn.n_heads
-    if cfg.allocation == "global" and gqa:
-        raise ConfigValueError("global allocation of heads is for multi-head attention; with GQA use "
-                               "allocation: uniform (heads are removed evenly per KV group)")
-    counts = None
-    if cfg.allocation == "global":
-        total = sum(amount(cfg.heads, b.attn.n_heads, "heads") for b in blocks)
-        counts = _global_counts(per_block, total)
-    removed = []
-    for i, (blk, score) in enumerate(zip(blocks, per_block)):
-        a = blk.attn
-        per = a.n_heads // a.n_kv_heads
-        groups = list(range(a.n_kv_heads))
-        if cfg.kv_heads:
-            gone = set(_lowest(S.kv_scores(blk, score), amount(cfg.kv_heads, a.n_kv_heads, "KV groups")))
-            groups = [g for g in groups if g not in gone]
-        if per > 1:  # GQA: the same number of query heads leaves every kept group
-            n_q = amount(cfg.heads, per, "query heads per KV group") if cfg.heads else 0
-            keep = []
-            for g in groups:
-                members = list(range(g * per, (g + 1) * per))
-                drop = set(members[j] for j in _lowest(score[members], n_q))
-                keep += [h for h in members if h not in drop]
-        else:
-            n = counts[i] if counts is not None else (amount(cfg.heads, a.n_heads, "heads") if cfg.heads else 0)
-            keep = sorted(set(groups) - set(_lowest(score[groups], n)))
-        gone_heads = sorted(set(range(a.n_heads)) - set(keep))
-        channels = S.head_channels(blk, gone_heads)
-        trim_heads(model, blk, keep, _compensation(model, a.o, stats, channels, compensate))
-        removed.append(len(gone_heads))
-    refresh(model)
-    return {"removed_per_block": removed}
-
-
-def _cut_ffn(model: Model, cfg: TrimConfig, stats, taylor, compensate) -> dict:
-    blocks = model.arch.blocks
-    per_block = [S.ffn_scores(model, blk, cfg.score, stats, taylor) for blk in blocks]
-    if cfg.allocation == "global":
-        counts = _global_counts(per_block, sum(amount(cfg.ffn, b.ffn.width, "FFN neurons") for b in blocks))
-    else:
-        counts = [amount(cfg.ffn, b.ffn.width, "FFN neurons") for b in blocks]
-    for blk, score, n in zip(blocks, per_block, counts):
-        gone = _lowest(score, n)
-        keep = sorted(set(range(blk.ffn.width)) - set(gone))
-        trim_ffn(model, blk, keep, _compensation(model, blk.ffn.down, stats, gone, compensate))
-    refresh(model)
-    return {"removed_per_block": counts}
 
 
 def _lowrank(model: Model, cfg: TrimConfig, calib, progress) -> dict:

@@ -25,9 +25,9 @@ def _plain(model: Model, name: str) -> nn.Linear:
 
 
 def slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None,
-                 bias_add: torch.Tensor | None = None) -> nn.Linear:
-    """A new Linear holding W[rows][:, cols] (and b[rows]); `bias_add` is added to the bias
-    (creating one if needed): the bias compensation of removed input channels."""
+                 update: tuple | None = None) -> nn.Linear:
+    """A new Linear holding W[rows][:, cols] (and b[rows]), or `update` = (W', b') computed for the
+    kept columns by reconstruct.py (b' None: keep the bias as it is)."""
     W = lin.weight.data
     if rows is not None:
         W = W[rows]
@@ -35,8 +35,9 @@ def slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.T
         W = W[:, cols]
     b = lin.bias.data[rows] if (lin.bias is not None and rows is not None) else (
         lin.bias.data if lin.bias is not None else None)
-    if bias_add is not None:
-        b = bias_add.to(W.dtype) if b is None else b + bias_add.to(W.dtype)
+    if update is not None:
+        W = update[0]
+        b = update[1] if update[1] is not None else b
     new = nn.Linear(W.shape[1], W.shape[0], bias=b is not None, device=W.device, dtype=W.dtype)
     with torch.no_grad():
         new.weight.copy_(W)
@@ -46,8 +47,8 @@ def slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.T
     return new
 
 
-def _replace(model: Model, name: str, rows=None, cols=None, bias_add=None) -> None:
-    set_module(model.module, name, slice_linear(_plain(model, name), rows, cols, bias_add))
+def _replace(model: Model, name: str, rows=None, cols=None, update=None) -> None:
+    set_module(model.module, name, slice_linear(_plain(model, name), rows, cols, update))
     if name in model.masks:
         keep = model.masks[name]
         model.masks[name] = keep[rows if rows is not None else slice(None)][:, cols if cols is not None
@@ -76,7 +77,7 @@ def kv_groups_of(blk: BlockMap, q_heads) -> list[int]:
     return [h // per for h in q_heads]
 
 
-def trim_heads(model: Model, blk: BlockMap, keep: list[int], o_bias_add: torch.Tensor | None = None) -> None:
+def trim_heads(model: Model, blk: BlockMap, keep: list[int], o_update: tuple | None = None) -> None:
     """Keep query heads `keep` of block `blk`; a KV head is kept while any of its query heads is.
     Every kept KV group must keep the same number of query heads (transformers repeats each KV
     head a fixed number of times)."""
@@ -100,19 +101,19 @@ def trim_heads(model: Model, blk: BlockMap, keep: list[int], o_bias_add: torch.T
         _replace(model, a.q, rows=q_rows)
         _replace(model, a.k, rows=kv_rows)
         _replace(model, a.v, rows=kv_rows)
-    _replace(model, a.o, cols=q_rows, bias_add=o_bias_add)
+    _replace(model, a.o, cols=q_rows, update=o_update)
     ATTENTION_SETTERS[model.arch.family](get_module(model.module, a.module), len(keep), len(kv_keep),
                                          a.head_dim)
 
 
-def trim_ffn(model: Model, blk: BlockMap, keep, down_bias_add: torch.Tensor | None = None) -> None:
+def trim_ffn(model: Model, blk: BlockMap, keep, down_update: tuple | None = None) -> None:
     """Keep FFN neurons `keep`: rows of up (and gate), columns of down."""
     keep = torch.as_tensor(sorted(int(i) for i in keep), dtype=torch.long)
     if keep.numel() == 0:
         raise ConfigValueError(f"{blk.name}: an FFN must keep at least one neuron")
     for name in ([blk.ffn.gate] if blk.ffn.gated else []) + [blk.ffn.up]:
         _replace(model, name, rows=keep)
-    _replace(model, blk.ffn.down, cols=keep, bias_add=down_bias_add)
+    _replace(model, blk.ffn.down, cols=keep, update=down_update)
 
 
 def drop_blocks(model: Model, drop: list[int]) -> None:
@@ -185,3 +186,36 @@ def trim_hidden(model: Model, keep) -> None:
             head.in_features = keep.numel()
         else:
             _replace(model, arch.head, cols=keep)
+
+
+def trim_head_dims(model: Model, blk: BlockMap, qk_keep: torch.Tensor, vo_keep: torch.Tensor) -> None:
+    """Keep `qk_keep[h]` of head h's query/key dimensions and `vo_keep[h]` of its value dimensions
+    (both [heads, new_head_dim]). Query rows are scaled by sqrt(new / old) so that the attention
+    logits, which the forward scales by new_head_dim^-0.5, keep their scale on the kept dimensions.
+    This is what lets a BERT / GPT-2 with fewer hidden channels keep heads * head_dim == hidden."""
+    a = blk.attn
+    new_dim = qk_keep.shape[1]
+    if vo_keep.shape[1] != new_dim or qk_keep.shape[0] != a.n_heads:
+        raise ConfigValueError(f"{blk.name}: head dimensions to keep must be [heads, new_head_dim] for q/k and v")
+    offsets = (torch.arange(a.n_heads) * a.head_dim)[:, None]
+    qk_rows, vo_rows = (qk_keep + offsets).reshape(-1), (vo_keep + offsets).reshape(-1)
+    scale = (new_dim / a.head_dim) ** 0.5
+    if a.fused:
+        width = a.n_heads * a.head_dim
+        _replace(model, a.qkv, rows=torch.cat([qk_rows, width + qk_rows, 2 * width + vo_rows]))
+        lin = get_module(model.module, a.qkv)
+        with torch.no_grad():
+            lin.weight[: len(qk_rows)] *= scale
+            if lin.bias is not None:
+                lin.bias[: len(qk_rows)] *= scale
+    else:
+        _replace(model, a.q, rows=qk_rows)
+        _replace(model, a.k, rows=qk_rows)
+        _replace(model, a.v, rows=vo_rows)
+        lin = get_module(model.module, a.q)
+        with torch.no_grad():
+            lin.weight.mul_(scale)
+            if lin.bias is not None:
+                lin.bias.mul_(scale)
+    _replace(model, a.o, cols=vo_rows)
+    ATTENTION_SETTERS[model.arch.family](get_module(model.module, a.module), a.n_heads, a.n_kv_heads, new_dim)

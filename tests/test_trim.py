@@ -423,7 +423,7 @@ def test_trim_after_quantize_says_to_reorder(tiny):
     from slimformer.quant import QuantizeConfig, quantize_model
     model = copy.deepcopy(tiny["llama"])
     quantize_model(model, QuantizeConfig(method="rtn", bits=8), progress=False)
-    with pytest.raises(ConfigValueError, match="put trim before"):
+    with pytest.raises(ConfigValueError, match="put trim before prune"):
         trim_model(model, TrimConfig(ffn=0.5, score="magnitude", compensate="none"), None, progress=False)
 
 
@@ -439,3 +439,10 @@ def test_compress_with_trim_writes_a_standard_folder_and_reports_speed(tiny, tmp
     recipe["stages"] = [{"trim": {"heads": 0.5}}]
     out = compress(tiny["bert"], recipe, out=tmp_path / "run2", progress=False)
     assert any("NON-STANDARD" in n for n in out.notes)
+
+
+@pytest.mark.parametrize("name", ["trim-encoder-heads-ffn.yaml", "trim-drop-layers.yaml", "trim-gqa-ffn.yaml"])
+def test_bundled_trim_recipes_parse(name):
+    from slimformer.recipe import default_recipe_path, load_recipe
+    recipe = load_recipe(default_recipe_path().parent / name)
+    assert recipe.stages[0].name == "trim" and recipe.stages[0].config.active

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..bench.size import param_count
 from ..data.calibration import calibration_set
 from ..engine import run_sequential
 from ..errors import ConfigValueError
@@ -100,9 +101,9 @@ def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, o
     for name in model.arch.linears:
         if type(get_module(model.module, name)) is not torch.nn.Linear:
             raise ConfigValueError(f"{name} is a {type(get_module(model.module, name)).__name__}, not a dense "
-                                   "Linear; put trim before prune / quantize stages in the recipe, and at most one "
-                                   "trim with lowrank, last")
-    before = _params(model)
+                                   "Linear; put trim before prune and quantize in the recipe, and low-rank "
+                                   "factorisation in the last trim")
+    before = param_count(model)
     log: dict = {"score": cfg.score, "allocation": cfg.allocation}
     needs_data = cfg.layers or cfg.score != "magnitude" or cfg.compensate != "none" or \
         (cfg.lowrank and cfg.lowrank_method == "asvd")
@@ -125,7 +126,7 @@ def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, o
         log.update(trim_width(model, cfg, calib, taylor, progress))
     if cfg.lowrank:
         log["lowrank"] = _lowrank(model, cfg, calib, progress)
-    after = _params(model)
+    after = param_count(model)
     mismatches = config_mismatches(model)
     log.update({"params_before": before, "params_after": after, "params_ratio": after / before,
                 "uniform": uniform(model), "standard": not mismatches, "nonstandard": mismatches[:5],
@@ -137,10 +138,6 @@ def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, o
 def _with(cfg: TrimConfig, **kw) -> TrimConfig:
     import dataclasses
     return dataclasses.replace(cfg, **kw)
-
-
-def _params(model: Model) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.module.parameters()}.values())
 
 
 def _trim_layers(model: Model, cfg: TrimConfig, calib, grad_batches, reference, progress) -> dict:
@@ -168,7 +165,7 @@ def _per_head_params(blk: BlockMap, model: Model) -> int:
 
 def _fraction_for_params(model: Model, cfg: TrimConfig, before: int) -> float:
     """The fraction of heads and FFN neurons whose removal leaves cfg.params of `before` (bisection)."""
-    now = _params(model)
+    now = param_count(model)
     per_block = []
     for blk in model.arch.blocks:
         up = get_module(model.module, blk.ffn.up)

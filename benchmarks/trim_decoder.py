@@ -33,7 +33,7 @@ DEFAULT_RUNS = ["layers:6:block_influence", "layers:6:loss", "width:0.25:1:fluct
 
 def parse_run(text: str, args) -> TrimConfig:
     parts = text.split(":")
-    common = dict(grad_samples=args.grad_samples, compensate="none")
+    common = dict(grad_samples=args.grad_samples, compensate=args.compensate)
     if parts[0] == "layers":
         return TrimConfig(layers=float(parts[1]), layer_score=parts[2], layer_candidates=args.candidates, **common)
     return TrimConfig(ffn=float(parts[1]), kv_heads=float(parts[2]), score=parts[3], **common)
@@ -59,6 +59,7 @@ def main() -> None:
     p.add_argument("--grad-samples", type=int, default=4)
     p.add_argument("--candidates", type=int, default=10, help="loss: lowest-influence blocks measured per round")
     p.add_argument("--windows", type=int, default=64)
+    p.add_argument("--compensate", default="reconstruct", help="reconstruct | bias | none (width runs)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/trim_decoder.jsonl")
@@ -77,7 +78,7 @@ def main() -> None:
             log = trim_model(m, cfg, cal, original=base, progress=False)
         wall = time.perf_counter() - t0
         ppl = quality(m, args.windows)
-        row = {"model": args.model, "run": text, "ppl": ppl, "ppl_original": ref, "trim_s": wall,
+        row = {"model": args.model, "run": text, "compensate": args.compensate, "ppl": ppl, "ppl_original": ref, "trim_s": wall,
                "peak_rss_increase_bytes": mem.increase, "params_ratio": log["params_ratio"],
                "dropped": log.get("layers", {}).get("dropped"), "standard": log["standard"],
                "calibration": log.get("calibration"), "threads": args.threads, "environment": environment()}

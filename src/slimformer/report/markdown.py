@@ -34,7 +34,15 @@ def render(result) -> str:
     lines += ["## Stages", ""]
     if result.stages:
         for s in result.stages:
-            lines.append(f"- **{s['stage']}**: " + ", ".join(f"{k}={v}" for k, v in s.items() if k != "stage"))
+            lines.append(f"- **{s['stage']}**: " + ", ".join(f"{k}={v}" for k, v in s.items()
+                                                               if k not in ("stage", "blocks")))
+        for s in result.stages:
+            if s["stage"] == "trim":  # the shapes a trim left, block by block
+                kind = "standard config" if s["standard"] else "NON-STANDARD: loads through slimformer.load only"
+                lines += ["", f"Trimmed blocks ({kind}):", "",
+                          md_table(["block", "heads", "KV heads", "FFN width"],
+                                   [[str(i), str(b["heads"]), str(b["kv_heads"]), str(b["ffn"])]
+                                    for i, b in enumerate(s["blocks"])])]
     else:
         lines.append("- none")
     lines += ["", "## Speed, memory and size (same process, back to back)", "",

@@ -441,8 +441,21 @@ def test_compress_with_trim_writes_a_standard_folder_and_reports_speed(tiny, tmp
     assert any("NON-STANDARD" in n for n in out.notes)
 
 
-@pytest.mark.parametrize("name", ["trim-encoder-heads-ffn.yaml", "trim-drop-layers.yaml", "trim-gqa-ffn.yaml"])
+@pytest.mark.parametrize("name", ["trim-encoder-heads-ffn.yaml", "trim-drop-layers.yaml", "trim-gqa-ffn.yaml",
+                                  "trim-w8a8-encoder.yaml"])
 def test_bundled_trim_recipes_parse(name):
     from slimformer.recipe import default_recipe_path, load_recipe
     recipe = load_recipe(default_recipe_path().parent / name)
     assert recipe.stages[0].name == "trim" and recipe.stages[0].config.active
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_trimmed_then_quantized_models_reload_bit_identically(tiny, tmp_path, family):
+    from slimformer.quant import QuantizeConfig, quantize_model
+    model = copy.deepcopy(tiny[family])
+    trim_model(model, TrimConfig(heads=0.5, ffn=0.5, layers=1), CAL, original=tiny[family], progress=False)
+    quantize_model(model, QuantizeConfig(method="rtn", bits=8, activations="dynamic"), progress=False)
+    save(model, tmp_path / "m")
+    back = load(tmp_path / "m")
+    ids = _ids()
+    assert torch.equal(_out(back, ids), _out(model, ids))

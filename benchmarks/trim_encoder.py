@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import time
 
 import torch
@@ -22,7 +21,9 @@ import torch
 import slimformer
 from slimformer.bench.env import environment
 from slimformer.bench.workloads import encoder_throughput, latency_grid
+from slimformer.model.families import ATTENTION_SETTERS
 from slimformer.trim import TrimConfig, trim_model
+from slimformer.trim.surgery import refresh
 
 from common import append_row, quality
 
@@ -55,9 +56,7 @@ def torch_pruning_variant(base, heads: float, ffn: float):
     for blk in arch.blocks:  # Torch-Pruning slices weights; the attention module's counts follow
         sa = mod.get_submodule(blk.attn.module)
         n = mod.get_submodule(blk.attn.q).out_features // blk.attn.head_dim
-        from slimformer.model.families import ATTENTION_SETTERS
         ATTENTION_SETTERS[arch.family](sa, n, n, blk.attn.head_dim)
-    from slimformer.trim.surgery import refresh
     refresh(model)
     return model
 

@@ -78,3 +78,17 @@ def tiny(tiny_dir):
     """name -> loaded slimformer Model (shared: tests must not modify it; deepcopy first)."""
     from slimformer.model import load
     return {name: load(folder) for name, folder in tiny_dir.items()}
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real embedded encoder (integration tests; shared: deepcopy before changing it)."""
+    from slimformer.model import load
+    return load("minilm")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real embedded decoder (integration tests; shared: deepcopy before changing it)."""
+    from slimformer.model import load
+    return load("smollm2")

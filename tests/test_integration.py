@@ -15,16 +15,6 @@ from slimformer.model.sources import resolve
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    return load("minilm")
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    return load("smollm2")
-
-
 def test_minilm_sts_matches_published_figures(minilm):
     # all-MiniLM-L6-v2 on STS-B: 82.03 test (the published figure), 86.72 dev.
     assert round(evaluate(minilm, "sts", split="test").value, 2) == 82.03

@@ -12,16 +12,6 @@ from slimformer.trim import TrimConfig, trim_model
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    return load("minilm")
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    return load("smollm2")
-
-
 def test_minilm_half_heads_half_ffn_keeps_most_of_sts(minilm, tmp_path):
     model = copy.deepcopy(minilm)
     log = trim_model(model, TrimConfig(heads=0.5, ffn=0.5), None, original=minilm, progress=False)

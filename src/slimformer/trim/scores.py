@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 
 from ..model import BlockMap, Model, get_module
-from .surgery import head_rows
 
 CRITERIA = ("magnitude", "activation", "fluctuation", "taylor")
 STATS_FOR = {"activation": {"norms"}, "fluctuation": {"norms", "mean"}}
@@ -121,7 +120,3 @@ def head_dim_scores(model: Model, blk: BlockMap, criterion: str, stats=None) -> 
     qk = (q * s).norm(dim=-1) * (k * s).norm(dim=-1)
     o_cols = _w(model, a.o).norm(dim=0).view(a.n_heads, a.head_dim)
     return qk, (v * s).norm(dim=-1) * o_cols
-
-
-def head_channels(blk: BlockMap, heads) -> torch.Tensor:
-    return head_rows(heads, blk.attn.head_dim)

@@ -7,6 +7,7 @@ total for layers / hidden: a number below 1 is a fraction to remove, 1 or more a
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -99,8 +100,9 @@ def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, o
     """Trim `model` in place. Returns the stage log."""
     cfg.validate()
     for name in model.arch.linears:
-        if type(get_module(model.module, name)) is not torch.nn.Linear:
-            raise ConfigValueError(f"{name} is a {type(get_module(model.module, name)).__name__}, not a dense "
+        mod = get_module(model.module, name)
+        if type(mod) is not torch.nn.Linear:
+            raise ConfigValueError(f"{name} is a {type(mod).__name__}, not a dense "
                                    "Linear; put trim before prune and quantize in the recipe, and low-rank "
                                    "factorisation in the last trim")
     before = param_count(model)
@@ -116,7 +118,7 @@ def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, o
         log["layers"] = _trim_layers(model, cfg, calib, grad_batches, reference, progress)
     if cfg.params is not None:
         frac = _fraction_for_params(model, cfg, before)
-        cfg = _with(cfg, heads=frac, ffn=frac)
+        cfg = dataclasses.replace(cfg, heads=frac, ffn=frac)
         log["params_fraction_removed"] = round(frac, 4)
     if cfg.heads or cfg.kv_heads or cfg.ffn or cfg.hidden:
         taylor = None
@@ -133,11 +135,6 @@ def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, o
                 "blocks": [{"heads": b.attn.n_heads, "kv_heads": b.attn.n_kv_heads, "ffn": b.ffn.width}
                            for b in model.arch.blocks]})
     return log
-
-
-def _with(cfg: TrimConfig, **kw) -> TrimConfig:
-    import dataclasses
-    return dataclasses.replace(cfg, **kw)
 
 
 def _trim_layers(model: Model, cfg: TrimConfig, calib, grad_batches, reference, progress) -> dict:

@@ -16,7 +16,7 @@ from ..model import BlockMap, Model, get_module
 from . import scores as S
 from .reconstruct import mean_into_bias, refit
 from ..model.families import CONFIG_KEYS
-from .surgery import refresh, trim_ffn, trim_head_dims, trim_heads, trim_hidden
+from .surgery import head_rows, refresh, trim_ffn, trim_head_dims, trim_heads, trim_hidden
 
 
 def amount(value: float, total: int, what: str, keep_at_least: int = 1) -> int:
@@ -80,8 +80,6 @@ def _keep_heads(blk: BlockMap, score: torch.Tensor, cfg, n_heads_out: int | None
 
 def _stats_wanted(cfg) -> set[str]:
     want = set(S.STATS_FOR.get(cfg.score, set()))
-    if cfg.hidden and cfg.score in S.STATS_FOR:
-        want |= S.STATS_FOR[cfg.score]
     if not (cfg.heads or cfg.kv_heads or cfg.ffn):
         return want
     if cfg.compensate == "reconstruct":
@@ -125,8 +123,8 @@ def trim_width(model: Model, cfg, calib, taylor: dict | None, progress: bool) ->
             score = S.head_scores(model, blk, cfg.score, stats, taylor)
             keep = _keep_heads(blk, score, cfg, head_counts[blk.index] if head_counts else None)
             gone = sorted(set(range(a.n_heads)) - set(keep))
-            channels_kept = S.head_channels(blk, keep)
-            trim_heads(model, blk, keep, _update(model, a.o, stats, channels_kept, S.head_channels(blk, gone), cfg))
+            channels_kept = head_rows(keep, blk.attn.head_dim)
+            trim_heads(model, blk, keep, _update(model, a.o, stats, channels_kept, head_rows(gone, blk.attn.head_dim), cfg))
             removed_heads.append(len(gone))
         if cfg.ffn:
             score = S.ffn_scores(model, blk, cfg.score, stats, taylor)

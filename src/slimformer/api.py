@@ -45,10 +45,12 @@ def bench(model: str | Model, config: BenchConfig | None = None,
 
 def compress(model: str | Model, recipe: str | os.PathLike | dict | Recipe | None = None,
              out: str | os.PathLike | None = None, overwrite: bool = False,
-             progress: bool = True) -> _compress.CompressResult:
-    """Run a recipe's stages, evaluate and bench against the original, write `out` if given."""
+             progress: bool = True, resume: bool = False) -> _compress.CompressResult:
+    """Run a recipe's stages, evaluate and bench against the original, write `out` if given.
+    `resume` continues an interrupted recover stage from its checkpoints in `<out>.recover`."""
     if isinstance(recipe, dict):
         recipe = parse_recipe(recipe)
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
-    return _compress.compress(load(model), recipe, out=out, overwrite=overwrite, progress=progress)
+    return _compress.compress(load(model), recipe, out=out, overwrite=overwrite, progress=progress,
+                              resume=resume)

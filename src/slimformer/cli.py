@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", help="YAML recipe (default: the bundled default recipe)")
     s.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted recover stage from its "
+                   "checkpoint in OUT.recover (same recipe and model)")
     return p
 
 
@@ -152,7 +154,9 @@ def cmd_compress(args) -> int:
     recipe = load_recipe(args.recipe)  # validated before the model is loaded
     if Path(args.out).exists() and not args.overwrite:
         raise SlimformerError(f"{args.out} already exists; choose another --out or pass --overwrite")
-    r = api.compress(args.model, recipe, out=args.out, overwrite=args.overwrite)
+    r = api.compress(args.model, recipe, out=args.out, overwrite=args.overwrite, resume=args.resume)
+    if not r.quality:  # a non-main process of a multi-process launch
+        return 0
     for note in r.notes:
         print(f"note: {note}")
     print(md_table(["", "original", "compressed", "change"], summary_rows(r)))

@@ -35,10 +35,12 @@ class CompressResult(_Serialisable):
     wall_s: float = 0.0
 
 
-def run_stages(model: Model, recipe: Recipe, progress: bool = True) -> tuple[Model, list[dict]]:
+def run_stages(model: Model, recipe: Recipe, progress: bool = True, work_dir: Path | None = None,
+               resume: bool = False) -> tuple[Model, list[dict]]:
     """Apply the recipe's stages to a copy of `model`; the original stays untouched."""
     current = copy.deepcopy(model)
-    ctx = StageContext(original=model, calibration=recipe.calibration, progress=progress)
+    ctx = StageContext(original=model, calibration=recipe.calibration, progress=progress,
+                       work_dir=work_dir, resume=resume)
     logs = []
     for entry in recipe.stages:
         t0 = time.perf_counter()
@@ -53,11 +55,14 @@ def run_stages(model: Model, recipe: Recipe, progress: bool = True) -> tuple[Mod
 
 
 def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
-             overwrite: bool = False, progress: bool = True) -> CompressResult:
+             overwrite: bool = False, progress: bool = True, resume: bool = False) -> CompressResult:
+    """Under `accelerate launch` every process runs the stages (recover trains data-parallel);
+    only the main process evaluates, benchmarks and writes `out`."""
     t0 = time.perf_counter()
     if out is not None and Path(out).exists() and not overwrite:
         raise ConfigValueError(f"{out} already exists; choose another --out or remove it first")
-    compressed, logs = run_stages(model, recipe, progress)
+    work_dir = Path(f"{out}.recover") if out is not None else None  # checkpoints, kept if a run stops
+    compressed, logs = run_stages(model, recipe, progress, work_dir, resume)
     notes = []
     if not logs:
         notes.append("The recipe has no compression stages: the model was evaluated and benchmarked "
@@ -71,6 +76,9 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
         notes.append("NON-STANDARD shapes: the trimmed model's config cannot describe it "
                      f"({odd[-1]['nonstandard'][0]}, ...); it is saved with a shape map and loads through "
                      "slimformer.load, not plain transformers.")
+    if not is_main_process():
+        return CompressResult(model=model.name, recipe=recipe.to_dict(), stages=logs, quality={}, fidelity=None,
+                              speed={}, notes=["not the main process: evaluation and output skipped"])
     ev = recipe.evaluate
     task = ev.task or default_task(model)
     kw = dict(task=task, data=ev.data, split=ev.split, seq_len=ev.seq_len, max_windows=ev.max_windows,
@@ -90,6 +98,11 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
     if out is not None:
         write_output(compressed, result, Path(out), overwrite)
     return result
+
+
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a multi-process launch (torchrun / accelerate launch)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def write_output(model: Model, result: CompressResult, out: Path, overwrite: bool) -> None:

@@ -17,6 +17,8 @@ class StageContext:
     original: Model
     calibration: object  # CalibrationConfig (recipe.py)
     progress: bool = True
+    work_dir: object = None  # Path for a stage's scratch files (recover's checkpoints), or None
+    resume: bool = False  # continue an interrupted stage from its checkpoint in work_dir
 
     def calibration_kwargs(self) -> dict | None:
         """The recipe's calibration settings as keyword arguments of `calibration_set`."""

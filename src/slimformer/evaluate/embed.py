@@ -30,13 +30,14 @@ def encode(model: Model, sentences: list[str], batch_size: int = 64) -> torch.Te
     """[n, hidden] embeddings; batches are formed by length (less padding), order is restored."""
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
     chunks = []
+    device = next(model.module.parameters()).device
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = tokenize_sentences(model, [sentences[i] for i in idx])
+        batch = {k: v.to(device) for k, v in tokenize_sentences(model, [sentences[i] for i in idx]).items()}
         emb = pool(token_states(model, batch), batch["attention_mask"], model.pooling.mode)
         if model.pooling.normalize:
             emb = torch.nn.functional.normalize(emb, dim=-1)
-        chunks.append(emb.float())
+        chunks.append(emb.float().cpu())
     if not chunks:
         return torch.empty(0)
     out = torch.empty(len(sentences), chunks[0].shape[1])

@@ -52,6 +52,7 @@ class RecoverConfig:
     save_every: int = 100  # checkpoint interval (0: only the best)
     patience: int = 0  # stop after this many evaluations without improvement (0: never)
     restore_best: bool = True  # end with the best evaluated weights
+    max_minutes: float | None = None  # wall-clock cap on training: stop (evaluated, checkpointed) when reached
     # losses (see losses.py)
     kl: float = 1.0
     temperature: float = 1.0
@@ -83,6 +84,8 @@ class RecoverConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigValueError(f"recover {name} must be at least 1 (got {v})")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigValueError(f"recover max_minutes must be > 0 (got {self.max_minutes})")
         if self.save_every < 0 or self.patience < 0 or self.lora < 0:
             raise ConfigValueError("recover save_every, patience and lora must be >= 0")
         if not self.lr > 0 or not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1 or self.clip < 0:
@@ -198,7 +201,8 @@ def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | 
         seed=cfg.seed, losses=LossWeights(cfg.kl, cfg.temperature, cfg.ce, cfg.cosine, cfg.mse, cfg.hidden,
                                           cfg.relation),
         fingerprint=_fingerprint(model, cfg, data), precision=cfg.precision, gradual=gradual,
-        restore_best=cfg.restore_best, dropout=cfg.dropout)
+        restore_best=cfg.restore_best, dropout=cfg.dropout,
+        max_s=cfg.max_minutes * 60 if cfg.max_minutes else None)
     own_dir = cfg.checkpoint_dir is None and work_dir is None
     work = Path(cfg.checkpoint_dir or work_dir or tempfile.mkdtemp(prefix="slimformer-recover-"))
     model.module.eval()
@@ -223,7 +227,7 @@ def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | 
     log = {"metric": evaluation.name, "higher_is_better": evaluation.higher_is_better,
            "before": before, "after": after, "steps": result.steps_done, "tokens": result.tokens,
            "train_wall_s": result.wall_s, "best_step": result.best_step, "stopped_early": result.stopped_early,
-           "resumed_from": result.resumed_from, "qat_layers": len(qat), "lora": cfg.lora,
+           "resumed_from": result.resumed_from, "stopped_by_time": result.stopped_by_time, "qat_layers": len(qat), "lora": cfg.lora,
            "data": {"sources": data.sources, "examples": len(data), "heldout": len(data.heldout),
                     "seq_len": data.seq_len},
            "settings": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data",)},

@@ -53,6 +53,7 @@ class TrainPlan:
     restore_best: bool = True
     dropout: bool = False
     log_every: int = 10
+    max_s: float | None = None  # wall-clock cap on the loop
 
 
 @dataclass
@@ -71,6 +72,7 @@ class TrainResult:
     best_step: int | None = None
     best_value: float | None = None
     stopped_early: bool = False
+    stopped_by_time: bool = False
     resumed_from: int | None = None
     sparsity: float | None = None
     wall_s: float = 0.0
@@ -214,22 +216,28 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
                                    "tokens": result.tokens})
             bar.set_postfix(loss=f"{window_loss / window_n:.4f}", tok_s=f"{tok_window / max(dt, 1e-9):.0f}")
             window_loss, window_n, t_window, tok_window = 0.0, 0, time.perf_counter(), 0
-        if done % plan.eval_every == 0 or done == plan.steps:
+        out_of_time = plan.max_s is not None and _agreed(acc, time.perf_counter() - t_start > plan.max_s)
+        if done % plan.eval_every == 0 or done == plan.steps or out_of_time:
             module.eval()
             value = evaluation.fn(student)
             module.train(plan.dropout)
             result.history.append({"step": done, "eval": value, "tokens": result.tokens})
-            if _better(value, best_value, evaluation.higher_is_better):
+            # while gradual pruning is still raising sparsity, a checkpoint cannot be the final model
+            final_masks = not plan.gradual or done >= plan.gradual["end"]
+            if final_masks and _better(value, best_value, evaluation.higher_is_better):
                 best_value, result.best_step, bad_evals = value, done, 0
                 save(best_path, done, full=False)
-            else:
+            elif final_masks:
                 bad_evals += 1
             if plan.patience and bad_evals >= plan.patience:
                 result.stopped_early = True
                 save(last, done)
                 break
-        if plan.save_every and done % plan.save_every == 0:
+        if (plan.save_every and done % plan.save_every == 0) or out_of_time:
             save(last, done)
+        if out_of_time:
+            result.stopped_by_time = True
+            break
     bar.close()
     result.steps_done = step + 1 if plan.steps > start else start
     result.best_value = best_value
@@ -243,6 +251,13 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
     teacher.module.to("cpu")
     result.wall_s = time.perf_counter() - t_start
     return result
+
+
+def _agreed(acc, flag: bool) -> bool:
+    """True when any process says so: every rank must leave the loop at the same step."""
+    if acc.num_processes == 1:
+        return flag
+    return bool(acc.reduce(torch.tensor([float(flag)], device=acc.device), reduction="sum").item() > 0)
 
 
 def _masked_weights(root: torch.nn.Module, masks: dict) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .curves import CURVES_FILE, plot_recovery
 from .table import md_table, num
 from .views import COMPARISON_HEADERS, comparison_rows, environment_line
 
@@ -35,7 +36,7 @@ def render(result) -> str:
     if result.stages:
         for s in result.stages:
             lines.append(f"- **{s['stage']}**: " + ", ".join(f"{k}={v}" for k, v in s.items()
-                                                               if k not in ("stage", "blocks")))
+                                                               if k not in ("stage", "blocks", "history", "settings")))
         for s in result.stages:
             if s["stage"] == "trim":  # the shapes a trim left, block by block
                 kind = "standard config" if s["standard"] else "NON-STANDARD: loads through slimformer.load only"
@@ -43,6 +44,10 @@ def render(result) -> str:
                           md_table(["block", "heads", "KV heads", "FFN width"],
                                    [[str(i), str(b["heads"]), str(b["kv_heads"]), str(b["ffn"])]
                                     for i, b in enumerate(s["blocks"])])]
+            if s["stage"] == "recover":
+                lines += ["", f"Recovery ({s['metric']}): {s['before']:.4g} before, {s['after']:.4g} after "
+                          f"{s['steps']} steps, {s['tokens']:,} tokens, {s['train_wall_s']:.0f} s of training "
+                          f"(best at step {s['best_step']}).", "", f"![recovery curves]({CURVES_FILE})"]
     else:
         lines.append("- none")
     lines += ["", "## Speed, memory and size (same process, back to back)", "",
@@ -82,3 +87,6 @@ def plot(result, path: Path) -> None:
 def write_report(result, folder: Path) -> None:
     (folder / "report.md").write_text(render(result))
     plot(result, folder / "quality_vs_speed.png")
+    for s in result.stages:
+        if s["stage"] == "recover":  # the last recover stage's curves
+            plot_recovery(s, folder / CURVES_FILE)

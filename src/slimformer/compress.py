@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,8 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
     if out is not None and Path(out).exists() and not overwrite:
         raise ConfigValueError(f"{out} already exists; choose another --out or remove it first")
     work_dir = Path(f"{out}.recover") if out is not None else None  # checkpoints, kept if a run stops
+    if work_dir is not None and work_dir.exists() and overwrite and not resume and is_main_process():
+        shutil.rmtree(work_dir)  # --overwrite starts afresh; --resume would continue from them
     compressed, logs = run_stages(model, recipe, progress, work_dir, resume)
     notes = []
     if not logs:

@@ -31,7 +31,7 @@ def prune_to(model: Model, names: list[str], sparsity: float, root=None) -> floa
         keep = magnitude_mask(weight.detach(), sparsity)
         old = model.masks.get(name)
         if old is not None:
-            keep &= old
+            keep &= old.to(keep.device)
         model.masks[name] = keep
         weight.mul_(keep)
         zeros += int((~keep).sum())

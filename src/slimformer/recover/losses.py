@@ -39,7 +39,7 @@ class LossWeights:
 def _token_mask(batch: dict, like: torch.Tensor) -> torch.Tensor:
     mask = batch.get("attention_mask")
     if mask is None:
-        return torch.ones(like.shape[:2], dtype=like.dtype)
+        return torch.ones(like.shape[:2], dtype=like.dtype, device=like.device)
     return mask.to(like.dtype)
 
 

@@ -217,7 +217,7 @@ def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | 
         model.module = merge_lora(model.module)
         del plain_module
     for p in model.module.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(True)  # as loaded: a later stage (Taylor scores, another recover) may need gradients
     model.apply_masks()
     to_real(model, qat)
     model.module.eval()

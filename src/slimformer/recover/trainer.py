@@ -103,15 +103,13 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
     t_start = time.perf_counter()
     acc = _accelerator(plan.precision)
     world, rank = acc.num_processes, acc.process_index
-    if plan.batch_size % (world * plan.micro_batch) and plan.batch_size % world:
+    if plan.batch_size % world:
         raise SlimformerError(f"batch_size {plan.batch_size} does not split over {world} processes; "
                               f"use a multiple of {world}")
     per_rank = plan.batch_size // world
     device = acc.device
     student.module.to(device)
-    teacher.module.to(device).eval()
-    for p in teacher.module.parameters():
-        p.requires_grad_(False)
+    teacher.module.to(device).eval()  # its forward runs under no_grad: its flags stay as they are
     inner = student.module
     params = [p for p in inner.parameters() if p.requires_grad]
     if not params:
@@ -194,16 +192,16 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
             keep = f"; the last good checkpoint is {last}" if last.exists() else ""
             raise TrainingDiverged(f"recover: the loss became {step_loss} at step {step + 1}{keep}; "
                                    "lower lr or raise clip, then rerun (with --resume to continue)")
-        for name, w in masked.items():
+        for w, keep in masked.values():
             if w.grad is not None:
-                w.grad.mul_(student.masks[name])
+                w.grad.mul_(keep)
         if plan.clip:
             acc.clip_grad_norm_(params, plan.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
-            for name, w in masked.items():
-                w.mul_(student.masks[name])
+            for w, keep in masked.values():
+                w.mul_(keep)
         result.tokens += int(totals[1])
         tok_window += int(totals[1])
         window_loss += step_loss
@@ -248,6 +246,8 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
         student.masks.update(state["masks"])
     acc.wait_for_everyone()
     student.module = acc.unwrap_model(module).to("cpu")
+    for name in list(student.masks):  # gradual pruning made them on the training device
+        student.masks[name] = student.masks[name].cpu()
     teacher.module.to("cpu")
     result.wall_s = time.perf_counter() - t_start
     return result
@@ -261,8 +261,9 @@ def _agreed(acc, flag: bool) -> bool:
 
 
 def _masked_weights(root: torch.nn.Module, masks: dict) -> dict:
-    """name -> trainable weight of every masked linear reachable by its name (under LoRA the
-    masked weights are frozen inside peft's wrappers, and the masks hold by themselves)."""
+    """name -> (trainable weight, its mask on the weight's device) for every masked linear reachable
+    by its name (under LoRA the masked weights are frozen inside peft's wrappers, and the masks
+    hold by themselves)."""
     out = {}
     for name in masks:
         try:
@@ -270,7 +271,7 @@ def _masked_weights(root: torch.nn.Module, masks: dict) -> dict:
         except AttributeError:
             continue
         if isinstance(weight, torch.nn.Parameter) and weight.requires_grad:
-            out[name] = weight
+            out[name] = (weight, masks[name].to(weight.device))
     return out
 
 

@@ -1,7 +1,7 @@
 """Trim an encoder, recover it by distillation, optionally quantize W8A8: quality and speed.
 
     python benchmarks/recover_encoder.py                          # MiniLM, 50 % heads + FFN, 1000 steps
-    python benchmarks/recover_encoder.py --w8a8 ptq qat           # also W8A8 after recovery / with QAT
+    python benchmarks/recover_encoder.py --w8a8 ptq qat --qat-steps 300   # also W8A8 after recovery / with QAT
 
 Variants, in one process: the original; the one-shot trim (FLAP fluctuation, least-squares refit);
 the trim recovered by distillation (cosine between pooled embeddings, on STS-B train sentences
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 
 import torch
 
@@ -42,6 +43,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--w8a8", nargs="*", default=[], choices=["ptq", "qat"])
+    p.add_argument("--qat-steps", type=int, default=None, help="QAT steps (default: --steps)")
     p.add_argument("--threads", type=int, default=2, help="torch threads while training")
     p.add_argument("--bench-threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
@@ -65,7 +67,7 @@ def main() -> None:
     if "qat" in args.w8a8:
         m = copy.deepcopy(trimmed)
         quantize_model(m, W8A8, progress=False)
-        qlog = recover(m, base, rc, progress=True)
+        qlog = recover(m, base, dataclasses.replace(rc, steps=args.qat_steps or args.steps), progress=True)
         models.append(("trim + W8A8 + recover (QAT)", m, qlog))
     torch.set_num_threads(args.bench_threads)
     best: dict[str, tuple] = {}

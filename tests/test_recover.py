@@ -4,7 +4,6 @@ kill) and two gloo processes matching one."""
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 import signal
@@ -394,3 +393,27 @@ def test_compress_with_recover_writes_curves_and_reloads(tiny, tmp_path):
     again = load(out / "model")
     for name, keep in again.masks.items():
         assert (again.module.get_submodule(name).weight[~keep] == 0).all()
+
+
+def test_cli_compress_under_torchrun_trains_on_two_processes_and_writes_once(tiny_dir, tmp_path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).exists():
+        pytest.skip("torchrun not installed")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "stages:\n  - prune: {method: magnitude, pattern: '2:4'}\n"
+        "  - recover: {steps: 4, batch_size: 4, seq_len: 32, holdout: 2, eval_every: 2, data: [wikitext2:validation]}\n"
+        "evaluate: {seq_len: 32, max_windows: 2}\n"
+        "bench: {batch_sizes: [1], seq_lens: [16], warmup: 0, repeats: 1, throughput_items: 16, throughput_passes: 1,"
+        " throughput_seq_len: 32, decode_prompt: 8, decode_new_tokens: 4, decode_repeats: 1, threads: 1}\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29519", "-m", "slimformer.cli",
+                           "compress", str(tiny_dir["llama"]), "--recipe", str(recipe), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    result = json.loads((out / "results.json").read_text())
+    rec = result["stages"][-1]
+    assert rec["stage"] == "recover" and rec["steps"] == 4 and rec["masked_fraction"] == pytest.approx(0.5)
+    assert (out / "recover_curves.png").exists() and not Path(f"{out}.recover").exists()

@@ -5,26 +5,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
-from ..data import read_pairs
 from ..errors import ConfigValueError
-from ..evaluate.perplexity import window_nll
-from ..evaluate.sts import sts
 from ..model import Model
 from ..stages import register_stage
-from .data import TrainSet, build_train_set, resolve_source
+from .data import TrainSet, build_train_set
+from .heldout import held_out_evaluation
 from .gradual import prunable
-from .losses import LossWeights, encoder_losses
+from .losses import LossWeights
 from .qat import to_fake, to_real
-from .trainer import Evaluation, TrainPlan, train
+from .trainer import TrainPlan, train
 
 TRAIN = ("blocks", "all")
 PRECISIONS = ("fp32", "bf16")
@@ -127,37 +123,6 @@ def _fingerprint(model: Model, cfg: RecoverConfig, data: TrainSet) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _evaluation(model: Model, original: Model, cfg: RecoverConfig, data: TrainSet) -> Evaluation:
-    if model.is_causal:
-        if cfg.eval != "heldout":
-            raise ConfigValueError("a causal LM's recovery evaluates on held-out text: use eval: heldout")
-        windows = data.heldout
-
-        def ppl(m: Model) -> float:
-            device = next(m.module.parameters()).device
-            with torch.no_grad():
-                nll = sum(float(window_nll(m, w[None].to(device)).sum()) for w in windows)
-            return math.exp(nll / (windows.shape[0] * (windows.shape[1] - 1)))
-        return Evaluation("held-out perplexity", ppl, higher_is_better=False)
-    if cfg.eval == "heldout":
-        weights = LossWeights(cosine=cfg.cosine, mse=cfg.mse, hidden=cfg.hidden, relation=cfg.relation)
-        held = TrainSet(data.heldout, None, data.seq_len, data.sources)
-
-        def loss(m: Model) -> float:
-            device = next(m.module.parameters()).device
-            total = 0.0
-            with torch.no_grad():
-                for i in range(0, len(data.heldout), 64):
-                    b = {k: v.to(device) for k, v in held.batch(m, list(range(i, min(i + 64, len(data.heldout))))).items()}
-                    original.module.to(device)
-                    total += float(encoder_losses(m.module(**b), original.module(**b), b, weights,
-                                                  m.pooling.mode)["total"].sum())
-            return total / len(data.heldout)
-        return Evaluation("held-out distillation loss", loss, higher_is_better=False)
-    pairs = read_pairs(resolve_source(cfg.eval))
-    return Evaluation(f"Spearman x100 on {cfg.eval}", lambda m: sts(m, pairs).value, higher_is_better=True)
-
-
 def _select_trainable(model: Model, how: str) -> None:
     prefixes = tuple(b.name + "." for b in model.arch.blocks)
     if model.arch.final_norm:
@@ -178,7 +143,7 @@ def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | 
         raise ConfigValueError("embedding cosine / MSE need the original's width; this encoder's hidden channels "
                                "were trimmed: set cosine: 0, mse: 0 and relation: 1")
     data = build_train_set(model, cfg.data, cfg.seq_len, cfg.holdout)
-    evaluation = _evaluation(model, original, cfg, data)
+    evaluation = held_out_evaluation(model, original, cfg, data)
     qat = to_fake(model)
     if qat and cfg.lora:
         to_real(model, qat)
@@ -190,7 +155,6 @@ def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | 
         names = prunable(model, cfg.prune_ignore)
         gradual = {"names": names, "start": int(cfg.prune_start * cfg.steps), "end": int(cfg.prune_end * cfg.steps),
                    "every": cfg.prune_every, "initial": 0.0, "final": float(cfg.prune_to)}
-    plain_module = model.module
     if cfg.lora:
         from .lora import add_lora
         model.module = add_lora(model.module, model.arch.linears, cfg.lora, cfg.lora_alpha)
@@ -215,7 +179,6 @@ def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | 
     if cfg.lora:
         from .lora import merge_lora
         model.module = merge_lora(model.module)
-        del plain_module
     for p in model.module.parameters():
         p.requires_grad_(True)  # as loaded: a later stage (Taylor scores, another recover) may need gradients
     model.apply_masks()

@@ -26,8 +26,8 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/slimformer compress minilm --out runs/demo --overwrite
 
-# Trim half of MiniLM's heads and FFN neurons, win the quality back by distillation, then W8A8
-# (about 15 minutes here: most of it the 1000 training steps).
+# Trim half of MiniLM's heads and three quarters of its FFN neurons, win the quality back by
+# distillation, then W8A8 (about 15 minutes here, most of it the 1000 training steps).
 demo-recover: $(STAMP)
 	$(BIN)/slimformer compress minilm --recipe src/slimformer/recipes/recover-encoder-trim-w8a8.yaml \
 		--out runs/demo-recover --overwrite

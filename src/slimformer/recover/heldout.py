@@ -14,7 +14,7 @@ from ..evaluate.perplexity import window_nll
 from ..evaluate.sts import sts
 from ..model import Model
 from .data import TrainSet, resolve_source
-from .losses import LossWeights, encoder_losses
+from .losses import encoder_losses
 from .trainer import Evaluation
 
 
@@ -31,16 +31,16 @@ def held_out_evaluation(model: Model, original: Model, cfg, data: TrainSet) -> E
             return math.exp(nll / (windows.shape[0] * (windows.shape[1] - 1)))
         return Evaluation("held-out perplexity", ppl, higher_is_better=False)
     if cfg.eval == "heldout":
-        weights = LossWeights(cosine=cfg.cosine, mse=cfg.mse, hidden=cfg.hidden, relation=cfg.relation)
+        weights = cfg.loss_weights()
         held = TrainSet(data.heldout, None, data.seq_len, data.sources)
 
         def loss(m: Model) -> float:
             device = next(m.module.parameters()).device
             total = 0.0
+            original.module.to(device)
             with torch.no_grad():
                 for i in range(0, len(data.heldout), 64):
                     b = {k: v.to(device) for k, v in held.batch(m, list(range(i, min(i + 64, len(data.heldout))))).items()}
-                    original.module.to(device)
                     total += float(encoder_losses(m.module(**b), original.module(**b), b, weights,
                                                   m.pooling.mode)["total"].sum())
             return total / len(data.heldout)

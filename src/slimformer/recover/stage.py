@@ -71,6 +71,9 @@ class RecoverConfig:
     checkpoint_dir: str | None = None  # default: beside the output folder (<out>.recover)
     keep_checkpoints: bool = False
 
+    def loss_weights(self) -> LossWeights:
+        return LossWeights(**{f: getattr(self, f) for f in LossWeights.__dataclass_fields__})
+
     def validate(self) -> None:
         ints = {"steps": self.steps, "eval_every": self.eval_every, "prune_every": self.prune_every}
         for name, v in ints.items():
@@ -162,8 +165,7 @@ def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | 
         steps=cfg.steps, batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, lr=cfg.lr,
         weight_decay=cfg.weight_decay, warmup=int(cfg.warmup * cfg.steps), min_lr_ratio=cfg.min_lr_ratio,
         clip=cfg.clip, eval_every=cfg.eval_every, save_every=cfg.save_every, patience=cfg.patience,
-        seed=cfg.seed, losses=LossWeights(cfg.kl, cfg.temperature, cfg.ce, cfg.cosine, cfg.mse, cfg.hidden,
-                                          cfg.relation),
+        seed=cfg.seed, losses=cfg.loss_weights(),
         fingerprint=_fingerprint(model, cfg, data), precision=cfg.precision, gradual=gradual,
         restore_best=cfg.restore_best, dropout=cfg.dropout,
         max_s=cfg.max_minutes * 60 if cfg.max_minutes else None)

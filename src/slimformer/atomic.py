@@ -29,3 +29,24 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary path beside `target`, renamed onto it when the block ends without error."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise ConfigValueError(f"{target} already exists; choose another --out or pass --overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)

@@ -27,3 +27,7 @@ class RecipeError(SlimformerError):
 
 class ConfigValueError(SlimformerError):
     pass
+
+
+class MissingDependencyError(SlimformerError):
+    """An optional package a requested feature needs is not installed."""

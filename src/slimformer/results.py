@@ -65,3 +65,13 @@ class Comparison(_Serialisable):
     base: BenchResult
     other: BenchResult
     ratios: dict  # throughput, decode tokens/s, latency speed-up per point, size, params
+
+
+@dataclass
+class ExportResult(_Serialisable):
+    format: str  # "hf" | "onnx" | "gguf"
+    model: str
+    path: str
+    bytes: int  # size of what was written (the file, or every file of the folder)
+    details: dict = field(default_factory=dict)  # per format: tensor types, opset, quantized nodes...
+    wall_s: float = 0.0

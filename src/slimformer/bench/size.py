@@ -20,16 +20,22 @@ def unique_tensors(model: Model, buffers: bool = False):
 
 def param_count(model: Model) -> int:
     """Weights of the model, quantized ones included (as the number of values they stand for)."""
+    if model.runtime != "torch":
+        return model.module.param_count()
     from ..model.info import stored_weights
     return sum(t.numel() for t in unique_tensors(model)) + stored_weights(model.module)
 
 
 def weight_bytes(model: Model) -> int:
+    if model.runtime != "torch":  # an exported file: its weights are (almost all of) its bytes
+        return int(model.source_bytes or 0)
     return sum(t.numel() * t.element_size() for t in unique_tensors(model, buffers=True))
 
 
 def saved_size(model: Model) -> int:
     """Bytes of the weight files slimformer writes for this model (what a user ships)."""
+    if model.runtime != "torch":
+        return int(model.source_bytes or 0)
     with tempfile.TemporaryDirectory(prefix="slimformer-size-") as tmp:
         write_folder(model, Path(tmp))
         return sum(p.stat().st_size for p in Path(tmp).rglob("*.safetensors"))

@@ -30,7 +30,7 @@ def encode(model: Model, sentences: list[str], batch_size: int = 64) -> torch.Te
     """[n, hidden] embeddings; batches are formed by length (less padding), order is restored."""
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
     chunks = []
-    device = next(model.module.parameters()).device
+    device = model.device
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in tokenize_sentences(model, [sentences[i] for i in idx]).items()}

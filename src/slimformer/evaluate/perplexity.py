@@ -41,6 +41,12 @@ def perplexity(model: Model, text: str, seq_len: int = 1024, max_windows: int | 
         protocol=(f"whole file tokenized once (tokenizer defaults), {windows.shape[0]} non-overlapping "
                   f"windows of {seq_len} tokens (tail dropped), each scored independently on its "
                   f"{seq_len - 1} next-token predictions; ppl = exp(mean NLL), "
-                  f"{str(next(model.module.parameters()).dtype).replace('torch.', '')}"),
+                  f"{_numerics(model)}"),
         extra={"windows": int(windows.shape[0]), "seq_len": seq_len, "mean_nll": mean_nll},
         wall_s=time.perf_counter() - t0)
+
+
+def _numerics(model: Model) -> str:
+    if model.runtime != "torch":
+        return model.module.describe()
+    return str(next(model.module.parameters()).dtype).replace("torch.", "")

@@ -31,10 +31,17 @@ class Model:
     log: list[dict] = field(default_factory=list)  # one entry per stage applied
     masks: dict = field(default_factory=dict)  # linear name -> bool keep-mask (pruned weights stay 0)
     source_bytes: int | None = None  # size on disk of what was loaded (weight files, or the .gguf)
+    runtime: str = "torch"  # "onnxruntime" / "llama.cpp": module is a runtime adapter (runtime/)
 
     @property
     def kind(self) -> str:
         return self.arch.kind
+
+    @property
+    def device(self) -> torch.device:
+        if self.runtime != "torch":
+            return torch.device("cpu")
+        return next(self.module.parameters()).device
 
     @property
     def is_causal(self) -> bool:

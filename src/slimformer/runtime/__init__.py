@@ -1,0 +1,82 @@
+"""Run an exported file in the runtime it was made for: .onnx in ONNX Runtime, .gguf in llama.cpp.
+
+`open_model(source, runtime)` returns a Model whose `module` is a runtime adapter answering the
+calls evaluate/ and bench/ make (`module(input_ids=...)`, `generate`), so a PyTorch model and its
+export are scored and timed by the same code in the same run. `runtime="auto"` picks by what the
+user named: a path to a .onnx file (or an export folder holding model.onnx) runs in ONNX Runtime,
+a path to a .gguf file in llama.cpp; aliases, HF folders and hub ids run in PyTorch (so does a
+.gguf with runtime="torch": transformers dequantizes it).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ConfigValueError, ModelNotFoundError
+from ..model import Model
+from ..model.arch import ArchMap
+from ..model.load import load
+from ..model.sources import ALIASES
+
+RUNTIMES = ("auto", "torch", "onnxruntime", "llama.cpp")
+ONNX_FILE = "model.onnx"
+
+
+def runtime_of(source: str | os.PathLike, runtime: str = "auto") -> str:
+    if runtime not in RUNTIMES:
+        raise ConfigValueError(f"unknown runtime {runtime!r}; runtimes: {', '.join(RUNTIMES)}")
+    if runtime != "auto":
+        return runtime
+    given = str(source)
+    if given in ALIASES:
+        return "torch"
+    path = Path(given).expanduser()
+    if path.suffix.lower() == ".onnx" or (path.is_dir() and (path / ONNX_FILE).is_file()):
+        return "onnxruntime"
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return "llama.cpp"
+    return "torch"
+
+
+def open_model(source: str | os.PathLike | Model, runtime: str = "auto") -> Model:
+    if isinstance(source, Model):
+        return source
+    kind = runtime_of(source, runtime)
+    if kind == "torch":
+        return load(source)
+    if kind == "onnxruntime":
+        from .onnxrt import open_onnx
+        return open_onnx(_onnx_path(Path(source).expanduser()), given=str(source))
+    return _open_gguf(Path(source).expanduser(), given=str(source))
+
+
+def _onnx_path(path: Path) -> Path:
+    path = path / ONNX_FILE if path.is_dir() else path
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        raise ModelNotFoundError(f"{path}: no such ONNX file; pass a .onnx file or a folder from "
+                                 "`slimformer export --format onnx`")
+    return path
+
+
+def _open_gguf(path: Path, given: str) -> Model:
+    from transformers import AutoTokenizer
+    from .llamacpp import LlamaCppModule, gguf_metadata
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: no such .gguf file")
+    meta = gguf_metadata(path)
+    arch = meta.get("general.architecture")
+    if arch not in ("llama",):
+        raise ModelNotFoundError(f"{path}: llama.cpp runs it, but slimformer evaluates GGUF architecture "
+                                 f"'llama' only (this one is {arch!r}); pass --runtime torch")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - any failure means no usable vocabulary
+        raise ModelNotFoundError(f"{path}: its tokenizer cannot be read ({str(e).splitlines()[0][:120]})") from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    amap = ArchMap(family="llama", model_type=arch, kind="causal",
+                   hidden_size=int(meta.get(f"{arch}.embedding_length", 0)),
+                   max_positions=int(meta.get(f"{arch}.context_length", 2048)), blocks=(),
+                   embeddings=())
+    return Model(module=LlamaCppModule(path, meta), tokenizer=tokenizer, arch=amap, source=given, path=None,
+                 source_bytes=path.stat().st_size, runtime="llama.cpp")

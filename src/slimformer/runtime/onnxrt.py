@@ -1,0 +1,87 @@
+"""An exported encoder run by ONNX Runtime, behind the calls evaluate/ and bench/ make.
+
+The session uses torch's current thread count (bench sets it), all graph optimisations, and the
+CPU provider; it is rebuilt when the thread count changes so that a benchmark at 1 and 2 threads
+measures what it says.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from ..errors import MissingDependencyError, ModelNotFoundError
+from ..model import Model, Pooling
+from ..model.arch import ArchMap
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("running a .onnx needs onnxruntime: pip install 'slimformer[export]'") from None
+    return onnxruntime
+
+
+class OnnxEncoderModule:
+    """Callable like a transformers encoder: module(input_ids=..., attention_mask=...).last_hidden_state."""
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, meta: dict):
+        self.path, self.meta = Path(path), meta
+        self.config = SimpleNamespace(vocab_size=int(meta.get("vocab_size", 0)), model_type=meta.get("model_type"))
+        self._session, self._threads = None, None
+
+    def session(self):
+        threads = torch.get_num_threads()
+        if self._session is None or self._threads != threads:
+            ort = _ort()
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            self._threads = threads
+        return self._session
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> SimpleNamespace:
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        feed = {"input_ids": input_ids.numpy().astype(np.int64), "attention_mask": mask.numpy().astype(np.int64)}
+        states, emb = self.session().run(["last_hidden_state", "sentence_embedding"], feed)
+        return SimpleNamespace(last_hidden_state=torch.from_numpy(states), sentence_embedding=torch.from_numpy(emb))
+
+    def param_count(self) -> int:
+        return int(self.meta.get("params", 0))
+
+    def describe(self) -> str:
+        return f"onnxruntime {_ort().__version__}, opset {self.meta.get('opset')}"
+
+
+def open_onnx(path: Path, given: str) -> Model:
+    from transformers import AutoTokenizer
+    from ..export.onnx import EXPORT_META
+    from ..model.load import _sentence_transformers_config
+    folder = path.parent
+    meta_path = folder / EXPORT_META
+    if not meta_path.is_file():
+        raise ModelNotFoundError(f"{path}: no {EXPORT_META} beside it; slimformer runs the ONNX folders "
+                                 "`slimformer export --format onnx` writes (graph, tokenizer and pooling)")
+    meta = json.loads(meta_path.read_text())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelNotFoundError(f"{folder}: no usable tokenizer ({str(e).splitlines()[0]})") from None
+    meta.setdefault("vocab_size", len(tokenizer))
+    pooling, extra = _sentence_transformers_config(folder)
+    p = meta.get("pooling", {})
+    pooling = Pooling(mode=p.get("mode", pooling.mode), normalize=p.get("normalize", pooling.normalize),
+                      max_length=p.get("max_length", pooling.max_length))
+    amap = ArchMap(family="bert", model_type=meta.get("model_type", "bert"), kind="encoder",
+                   hidden_size=int(meta["hidden_size"]), max_positions=int(meta["max_positions"]),
+                   blocks=(), embeddings=())
+    size = sum(f.stat().st_size for f in folder.glob("*.onnx*"))
+    return Model(module=OnnxEncoderModule(path, meta), tokenizer=tokenizer, arch=amap, source=given,
+                 path=None, pooling=pooling, extra_files=extra, source_bytes=size, runtime="onnxruntime")

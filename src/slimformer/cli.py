@@ -1,4 +1,4 @@
-"""slimformer command line: info, eval, bench, compress. User mistakes: one line, exit 2."""
+"""slimformer command line: info, eval, bench, export, compress. User mistakes: one line, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from .errors import SlimformerError
+
+RUNTIMES = ("auto", "torch", "onnxruntime", "llama.cpp")  # runtime/__init__.py (not imported: slow)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "measure quality, speed, memory and size before and after.")
     sub = p.add_subparsers(dest="command", required=True)
     model_help = "an alias (minilm, smollm2), an HF model folder, a .gguf file, or a hub id (online)"
+    runtime_help = ("auto (default): a .onnx file or ONNX export folder runs in onnxruntime, a .gguf path in "
+                    "llama.cpp, anything else in PyTorch; torch: dequantize a .gguf into PyTorch")
 
     s = sub.add_parser("info", help="family, shapes and parameter split of a model")
     s.add_argument("model", help=model_help)
@@ -49,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seq-len", type=_positive, default=1024)
     s.add_argument("--max-windows", type=_positive)
     s.add_argument("--batch-size", type=_positive)
+    s.add_argument("--runtime", choices=RUNTIMES, default="auto", help=runtime_help)
     s.add_argument("--json", metavar="PATH", default="slimformer-eval.json",
                    help="where to write the result (default: %(default)s)")
 
@@ -60,8 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seq-lens", type=_ints)
     s.add_argument("--repeats", type=_positive, default=10)
     s.add_argument("--decode-new-tokens", type=_positive, default=128)
+    s.add_argument("--runtime", choices=RUNTIMES, default="auto", help=runtime_help)
     s.add_argument("--json", metavar="PATH", default="slimformer-bench.json",
                    help="where to write the result (default: %(default)s)")
+
+    s = sub.add_parser("export", help="write a model as an HF folder, ONNX (encoders) or GGUF (Llama family)")
+    s.add_argument("model", help=model_help + ", or a `slimformer compress` output folder")
+    s.add_argument("--format", required=True, choices=["hf", "onnx", "gguf"])
+    s.add_argument("--out", required=True, help="folder (hf, onnx) or .gguf file; must not exist unless --overwrite")
+    s.add_argument("--type", dest="dtype", choices=["f32", "f16", "q8_0", "q4_0", "q4_1"],
+                   help="gguf: type of the weights slimformer did not quantize (default f16); quantized "
+                        "layers keep their own codes in the GGUF type that holds them exactly")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--json", metavar="PATH", help="also write the result as JSON")
 
     s = sub.add_parser("compress", help="run a recipe, evaluate and bench against the original")
     s.add_argument("model", help=model_help)
@@ -120,7 +136,8 @@ def cmd_eval(args) -> int:
     from . import api
     from .report import EVAL_HEADERS, eval_rows, text_table
     r = api.evaluate(args.model, args.task, data=args.data, split=args.split, reference=args.reference,
-                     seq_len=args.seq_len, max_windows=args.max_windows, batch_size=args.batch_size)
+                     seq_len=args.seq_len, max_windows=args.max_windows, batch_size=args.batch_size,
+                     runtime=args.runtime)
     print(text_table(EVAL_HEADERS, eval_rows(r.to_dict())))
     print(f"protocol: {r.protocol}; {r.wall_s:.1f} s")
     _write_json(r, args.json)
@@ -133,7 +150,7 @@ def cmd_bench(args) -> int:
                          text_table)
     cfg = api.BenchConfig(threads=args.threads, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens,
                           repeats=args.repeats, decode_new_tokens=args.decode_new_tokens)
-    r = api.bench(args.model, cfg, vs=args.vs)
+    r = api.bench(args.model, cfg, vs=args.vs, runtime=args.runtime)
     d = r.to_dict()
     if args.vs:
         print(text_table(["", args.model, args.vs, "ratio"], comparison_rows(d)))
@@ -142,6 +159,15 @@ def cmd_bench(args) -> int:
         print(text_table(["", args.model], bench_rows(d)))
         env_from = d
     print(f"machine: {environment_line(env_from)}")
+    _write_json(r, args.json)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from . import api
+    r = api.export(args.model, args.format, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    details = ", ".join(f"{k}: {v}" for k, v in r.details.items())
+    print(f"written: {r.path} ({r.format}, {r.bytes / 2**20:.1f} MiB, {r.wall_s:.1f} s){'; ' + details if details else ''}")
     _write_json(r, args.json)
     return 0
 
@@ -160,12 +186,14 @@ def cmd_compress(args) -> int:
     for note in r.notes:
         print(f"note: {note}")
     print(md_table(["", "original", "compressed", "change"], summary_rows(r)))
-    print(f"\nwritten: {args.out}/model, {args.out}/results.json, {args.out}/report.md "
+    exported = f", {args.out}/{r.export['path']}" if r.export else ""
+    print(f"\nwritten: {args.out}/model{exported}, {args.out}/results.json, {args.out}/report.md "
           f"({r.wall_s:.0f} s)")
     return 0
 
 
-COMMANDS = {"info": cmd_info, "eval": cmd_eval, "bench": cmd_bench, "compress": cmd_compress}
+COMMANDS = {"info": cmd_info, "eval": cmd_eval, "bench": cmd_bench, "export": cmd_export,
+            "compress": cmd_compress}
 
 if __name__ == "__main__":
     sys.exit(main())

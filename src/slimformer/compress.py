@@ -32,6 +32,7 @@ class CompressResult(_Serialisable):
     speed: dict  # Comparison as a dict
     notes: list[str] = field(default_factory=list)
     out: str | None = None
+    export: dict | None = None  # the recipe's onnx / gguf export: where, size, quality in its runtime
     wall_s: float = 0.0
 
 
@@ -61,6 +62,8 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
     t0 = time.perf_counter()
     if out is not None and Path(out).exists() and not overwrite:
         raise ConfigValueError(f"{out} already exists; choose another --out or remove it first")
+    if recipe.export.format != "hf":  # an export the model cannot take fails before any work
+        check_export(model, recipe.export.format)
     work_dir = Path(f"{out}.recover") if out is not None else None  # checkpoints, kept if a run stops
     if work_dir is not None and work_dir.exists() and overwrite and not resume and is_main_process():
         shutil.rmtree(work_dir)  # --overwrite starts afresh; --resume would continue from them
@@ -98,8 +101,31 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
         out=str(out) if out else None)
     result.wall_s = time.perf_counter() - t0
     if out is not None:
-        write_output(compressed, result, Path(out), overwrite)
+        write_output(compressed, result, Path(out), overwrite, recipe, kw)
     return result
+
+
+EXPORT_NAMES = {"onnx": "onnx", "gguf": "model.gguf"}
+
+
+def check_export(model: Model, fmt: str) -> None:
+    if fmt == "onnx":
+        from .export.onnx import check_exportable
+    else:
+        from .export.gguf import check_exportable
+    check_exportable(model)
+
+
+def export_and_check(model: Model, recipe: Recipe, folder: Path, eval_kw: dict) -> dict:
+    """Write the recipe's export beside model/ and score it in its own runtime, same protocol."""
+    from .export import export
+    from .runtime import open_model
+    fmt = recipe.export.format
+    res = export(model, fmt, folder / EXPORT_NAMES[fmt], dtype=recipe.export.type)
+    exported = open_model(folder / EXPORT_NAMES[fmt])
+    quality = evaluate(exported, **eval_kw)
+    quality.model = f"{model.name} as {fmt} in {exported.runtime}"
+    return {**res.to_dict(), "path": EXPORT_NAMES[fmt], "quality": quality.to_dict()}
 
 
 def is_main_process() -> bool:
@@ -107,11 +133,14 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def write_output(model: Model, result: CompressResult, out: Path, overwrite: bool) -> None:
+def write_output(model: Model, result: CompressResult, out: Path, overwrite: bool,
+                 recipe: Recipe | None = None, eval_kw: dict | None = None) -> None:
     from .report import write_report
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "model").mkdir()
         write_folder(model, tmp / "model")
+        if recipe is not None and recipe.export.format != "hf":
+            result.export = export_and_check(model, recipe, tmp, eval_kw or {})
         result.to_json(tmp / "results.json")
         write_report(result, tmp)
 

@@ -38,10 +38,13 @@ class EvaluateConfig:
 
 @dataclass
 class ExportConfig:
+    """`model/` (an HF folder) is always written; onnx / gguf add `onnx/` or `model.gguf` beside it,
+    evaluated in their runtime (results.json "export")."""
     format: str = "hf"
+    type: str | None = None  # GGUF: type of the weights slimformer did not quantize (default f16)
 
 
-EXPORT_FORMATS = ("hf",)
+EXPORT_FORMATS = ("hf", "onnx", "gguf")
 
 
 @dataclass
@@ -191,6 +194,10 @@ def _check_values(recipe: Recipe, where: str) -> None:
     if recipe.export.format not in EXPORT_FORMATS:
         raise RecipeError(f"{where}: export format {recipe.export.format!r} is not available; "
                           f"formats: {', '.join(EXPORT_FORMATS)}")
+    from .export.gguf_blocks import DENSE_TYPES
+    if recipe.export.type is not None and (recipe.export.format != "gguf" or recipe.export.type not in DENSE_TYPES):
+        raise RecipeError(f"{where}: export type applies to gguf only, one of {', '.join(DENSE_TYPES)} "
+                          f"(got format {recipe.export.format!r}, type {recipe.export.type!r})")
     try:
         recipe.bench.validate()
     except Exception as e:

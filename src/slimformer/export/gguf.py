@@ -1,8 +1,9 @@
 """GGUF for llama.cpp: Llama-family decoders (llama, mistral), trimmed ones included.
 
 Shapes come from the weights, not the original config: a trimmed model writes its own layer
-count, hidden size, head and KV-head counts (per layer, as arrays, when trimming left them
-unequal; llama.cpp reads either) and FFN widths. Quantized linears whose grid a GGML type holds
+count, hidden size, head and KV-head counts and FFN width. llama.cpp's llama graph gives every
+layer the same shapes: unequal FFN widths (global allocation) are zero-padded to the widest,
+which is exact; unequal head counts are refused. Quantized linears whose grid a GGML type holds
 exactly keep slimformer's codes (gguf_blocks.py); other weights are written in `dtype`
 (f32, f16, or llama.cpp's own round-to-nearest q8_0 / q4_0 / q4_1). Q and K rows are reordered
 for llama.cpp's rotary layout (pairs (i, i + d/2) of HF's rotate-half become adjacent), which is
@@ -73,15 +74,10 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
 
     emb = get_module(root, arch.embeddings[0]).weight
     add("token_embd.weight", *dense_tensor(emb, embedding_dtype or dtype))
-    heads, kv_heads, widths = [], [], []
     head_dim = arch.blocks[0].attn.head_dim
+    ffn_width = _check_uniform(model)
     for blk in arch.blocks:
         a = blk.attn
-        if a.head_dim != head_dim:
-            raise UnsupportedModelError("layers with different head sizes cannot be written to GGUF")
-        heads.append(a.n_heads)
-        kv_heads.append(a.n_kv_heads)
-        widths.append(blk.ffn.width)
         prefix = f"blk.{blk.index}"
         add(f"{prefix}.attn_norm.weight", *dense_tensor(get_module(root, blk.attn_norm).weight, "f32"))
         add(f"{prefix}.ffn_norm.weight", *dense_tensor(get_module(root, blk.ffn_norm).weight, "f32"))
@@ -90,7 +86,8 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
         for role, name in roles.items():
             order = _rotary_order({"q": a.n_heads, "k": a.n_kv_heads}[role] * head_dim,
                                   {"q": a.n_heads, "k": a.n_kv_heads}[role]) if role in ("q", "k") else None
-            data, kind, is_exact = _linear(get_module(root, name), name, dtype, order)
+            pad = (ffn_width - blk.ffn.width) if role in ("gate", "up", "down") else 0
+            data, kind, is_exact = _linear(get_module(root, name), name, dtype, order, pad, role == "down")
             add(f"{prefix}.{TENSOR_NAMES[role]}.weight", data, kind)
             if is_exact:
                 exact.append(name)
@@ -105,7 +102,8 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
         if is_exact:
             exact.append(arch.head)
 
-    _write_metadata(writer, model, cfg, heads, kv_heads, widths, head_dim, kinds)
+    blk0 = arch.blocks[0].attn
+    _write_metadata(writer, model, cfg, blk0.n_heads, blk0.n_kv_heads, ffn_width, head_dim, kinds)
     if source_gguf is not None:
         gguf_vocab.copy_from_gguf(writer, source_gguf)
     else:
@@ -119,11 +117,33 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"tensor_types": dict(kinds), "exact_codes": len(exact),
+    padded = sum(ffn_width - b.ffn.width for b in arch.blocks)
+    return {"tensor_types": dict(kinds), "exact_codes": len(exact), "ffn_zero_padding": padded,
             "tokenizer": f"copied from {source_gguf.name}" if source_gguf else "built from the HF tokenizer"}
 
 
-def _linear(mod: nn.Module, name: str, dtype: str, order: torch.Tensor | None) -> tuple[np.ndarray, str, bool]:
+def _check_uniform(model: Model) -> int:
+    """llama.cpp's llama graph gives every layer layer 0's head counts and FFN width. Unequal FFN
+    widths are padded with zero neurons (exact: silu(0) * 0 = 0 meets zero columns of down);
+    unequal head counts cannot be, and quantized layers are not padded. Returns the FFN width."""
+    blocks = model.arch.blocks
+    if len({(b.attn.n_heads, b.attn.n_kv_heads, b.attn.head_dim) for b in blocks}) > 1:
+        raise UnsupportedModelError("llama.cpp's llama architecture needs the same head counts in every layer; "
+                                    "trim heads with allocation: uniform to export as GGUF")
+    widths = [b.ffn.width for b in blocks]
+    if len(set(widths)) > 1 and model.module.config.model_type and _any_quantized(model):
+        raise UnsupportedModelError("quantized layers with unequal FFN widths cannot be written to GGUF "
+                                    "(llama.cpp needs one width); trim the FFN with allocation: uniform")
+    return max(widths)
+
+
+def _any_quantized(model: Model) -> bool:
+    from ..quant.modules import QuantLinear
+    return any(isinstance(m, QuantLinear) for m in model.module.modules())
+
+
+def _linear(mod: nn.Module, name: str, dtype: str, order: torch.Tensor | None, pad: int = 0,
+            pad_columns: bool = False) -> tuple[np.ndarray, str, bool]:
     from ..quant.modules import QuantLinear
     if isinstance(mod, QuantLinear):
         if mod.input_scale is not None:
@@ -139,15 +159,14 @@ def _linear(mod: nn.Module, name: str, dtype: str, order: torch.Tensor | None) -
         raise UnsupportedModelError(f"{name} is a {type(mod).__name__} (e.g. a low-rank factorisation), "
                                     "which llama.cpp's llama graph cannot run; export as hf")
     w = weight.detach()
+    if pad:  # zero FFN neurons up to the common width (rows of gate / up, columns of down)
+        w = torch.nn.functional.pad(w, (0, pad) if pad_columns else (0, 0, 0, pad))
     data, kind = dense_tensor(w[order] if order is not None else w, dtype)
     return data, kind, False
 
 
-def _scalar_or_array(values: list[int]):
-    return values[0] if len(set(values)) == 1 else values
-
-
-def _write_metadata(writer, model: Model, cfg, heads, kv_heads, widths, head_dim: int, kinds: Counter) -> None:
+def _write_metadata(writer, model: Model, cfg, heads: int, kv_heads: int, width: int, head_dim: int,
+                    kinds: Counter) -> None:
     arch = model.arch
     writer.add_name(model.name)
     writer.add_description(f"written by slimformer from {model.name}; stages: "
@@ -155,14 +174,9 @@ def _write_metadata(writer, model: Model, cfg, heads, kv_heads, widths, head_dim
     writer.add_block_count(arch.n_layers)
     writer.add_context_length(int(arch.max_positions))
     writer.add_embedding_length(int(arch.hidden_size))
-    for key, values in (("feed_forward_length", widths), ("attention.head_count", heads),
-                        ("attention.head_count_kv", kv_heads)):
-        v = _scalar_or_array(values)
-        full = f"{writer.arch}.{key}"
-        if isinstance(v, list):
-            writer.add_array(full, [int(x) for x in v])
-        else:
-            writer.add_uint32(full, int(v))
+    writer.add_feed_forward_length(width)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_rope_dimension_count(head_dim)

@@ -23,6 +23,11 @@ def summary_rows(result) -> list[list[str]]:
     rows.append(["size on disk", f"{a['size_bytes'] / 2**20:.1f} MiB", f"{b['size_bytes'] / 2**20:.1f} MiB",
                  f"{r['size']:.2f}x"])
     rows.append(["parameters", f"{a['params']:,}", f"{b['params']:,}", f"{r['params']:.2f}x"])
+    ex = getattr(result, "export", None)
+    if ex:
+        qe = ex["quality"]
+        rows.append([f"export {ex['format']} ({ex['path']}, {ex['bytes'] / 2**20:.1f} MiB): {qe['metric']} "
+                     f"in its runtime", "", num(qe["value"]), f"{qe['value'] - q1['value']:+.2f} vs PyTorch"])
     return rows
 
 

@@ -59,7 +59,7 @@ def _onnx_path(path: Path) -> Path:
 
 
 def _open_gguf(path: Path, given: str) -> Model:
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
     from .llamacpp import LlamaCppModule, gguf_metadata
     if not path.is_file():
         raise ModelNotFoundError(f"{path}: no such .gguf file")
@@ -69,7 +69,9 @@ def _open_gguf(path: Path, given: str) -> Model:
         raise ModelNotFoundError(f"{path}: llama.cpp runs it, but slimformer evaluates GGUF architecture "
                                  f"'llama' only (this one is {arch!r}); pass --runtime torch")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+        # The fast tokenizer class directly: AutoTokenizer would first build a transformers config
+        # from the header, which per-layer head counts / FFN widths (trimmed models) do not fit.
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as e:  # noqa: BLE001 - any failure means no usable vocabulary
         raise ModelNotFoundError(f"{path}: its tokenizer cannot be read ({str(e).splitlines()[0][:120]})") from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:

@@ -208,9 +208,31 @@ def test_onnx_trimmed_unequal_blocks_and_pooling(tiny, tmp_path):
     assert torch.allclose(emb, ref, atol=1e-4)  # pooling and normalisation inside the graph
 
 
-def test_onnx_refuses_decoders(tiny, tmp_path):
-    with pytest.raises(UnsupportedModelError, match="BERT-family"):
-        export(tiny["llama"], "onnx", tmp_path / "o")
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_onnx_decoder_scores_like_pytorch(tiny, tmp_path, family):
+    """Logits at every real position, with left padding in one row; W8A8 per token too."""
+    pytest.importorskip("onnxruntime")
+    model = copy.deepcopy(tiny[family])
+    quantize_model(model, QuantizeConfig(bits=8, activations="dynamic", ignore=[r"mlp\.down_proj"]), CAL,
+                   progress=False)
+    res = export(model, "onnx", tmp_path / "o")
+    assert res.details["linears"]["w8a8_dynamic_token"] == len(model.arch.linears) - len(model.arch.blocks)
+    o = open_model(tmp_path / "o")
+    ids = torch.randint(5, 380, (2, 30), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    with torch.no_grad():
+        ref = model.module(input_ids=ids, attention_mask=mask).logits
+    got = o.module(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(got[0], ref[0], atol=1e-4) and torch.allclose(got[1, 5:], ref[1, 5:], atol=1e-4)
+    ppl = dict(task="ppl", split="test", seq_len=64, max_windows=2, progress=False)
+    from slimformer import evaluate
+    assert evaluate(o, **ppl).value == pytest.approx(evaluate(model, **ppl).value, rel=1e-4)
+
+
+def test_onnx_refuses_gpt2(tiny, tmp_path):
+    with pytest.raises(UnsupportedModelError, match="Llama-family decoders"):
+        export(tiny["gpt2"], "onnx", tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 
@@ -250,8 +272,8 @@ def test_recipe_export_errors_before_any_work(tiny, tmp_path):
         parse_recipe({"export": {"format": "tflite"}})
     with pytest.raises(RecipeError, match="gguf only"):
         parse_recipe({"export": {"format": "onnx", "type": "q8_0"}})
-    with pytest.raises(UnsupportedModelError, match="BERT-family"):
-        compress(tiny["llama"], {"stages": [], "export": {"format": "onnx"}}, out=tmp_path / "out", progress=False)
+    with pytest.raises(UnsupportedModelError, match="Llama-family"):
+        compress(tiny["bert"], {"stages": [], "export": {"format": "gguf"}}, out=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 

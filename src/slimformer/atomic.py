@@ -11,21 +11,30 @@ from typing import Iterator
 from .errors import ConfigValueError
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def _prepare(target: str | os.PathLike, overwrite: bool) -> Path:
     target = Path(target)
     if target.exists() and not overwrite:
-        raise ConfigValueError(f"{target} already exists; choose another --out or remove it first")
+        raise ConfigValueError(f"{target} already exists; choose another --out or pass --overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    target = _prepare(target, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
@@ -34,10 +43,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
 @contextlib.contextmanager
 def atomic_file(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """A temporary path beside `target`, renamed onto it when the block ends without error."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise ConfigValueError(f"{target} already exists; choose another --out or pass --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = _prepare(target, overwrite)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
@@ -46,7 +52,5 @@ def atomic_file(target: str | os.PathLike, overwrite: bool = False) -> Iterator[
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, target)

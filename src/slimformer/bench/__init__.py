@@ -64,7 +64,9 @@ def _bench(model: Model, cfg: BenchConfig) -> BenchResult:
         if causal:
             throughput = causal_throughput(model, data, cfg.throughput_seq_len, cfg.throughput_items,
                                            cfg.throughput_passes)
-            dec = decode(model, data, cfg.decode_prompt, cfg.decode_new_tokens, cfg.decode_repeats)
+            # A scoring-only runtime (the ONNX decoder graph has no KV cache) has no decode figure.
+            dec = decode(model, data, cfg.decode_prompt, cfg.decode_new_tokens, cfg.decode_repeats) \
+                if getattr(model.module, "can_decode", True) else None
         else:
             throughput = encoder_throughput(model, data, cfg.throughput_batch, cfg.throughput_items,
                                             cfg.throughput_passes)

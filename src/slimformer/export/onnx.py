@@ -1,5 +1,6 @@
 """ONNX for ONNX Runtime: BERT-family encoders (bert, roberta, xlm-roberta, camembert, distilbert),
-trimmed, pruned and W8A8-quantized ones included.
+trimmed, pruned and W8A8-quantized ones included; Llama-family decoders as a scoring graph
+(onnx_decoder.py).
 
 The graph is written from the ArchMap, block by block, so every block has its own head count and
 widths (trimming may leave them unequal) and quantized linears keep slimformer's codes and scales
@@ -24,7 +25,7 @@ from ..model.arch import get_module
 from .onnx_graph import OPSET, Graph, linear
 
 EXPORT_META = "slimformer-export.json"
-HOLDS = "BERT-family encoders (bert, roberta, xlm-roberta, camembert, distilbert; MiniLM is bert)"
+HOLDS = "BERT-family encoders (bert, roberta, xlm-roberta, camembert, distilbert; MiniLM is bert)"  # + decoders
 ROBERTA_POSITIONS = ("roberta", "xlm-roberta", "camembert")
 ACTIVATIONS = {"gelu": ("Gelu", "none"), "gelu_new": ("Gelu", "tanh"), "gelu_pytorch_tanh": ("Gelu", "tanh"),
                "relu": ("Relu", None), "silu": ("silu", None), "swish": ("silu", None)}
@@ -32,11 +33,16 @@ ACTIVATIONS = {"gelu": ("Gelu", "none"), "gelu_new": ("Gelu", "tanh"), "gelu_pyt
 
 def check_exportable(model: Model) -> None:
     if model.arch.kind != "encoder":
-        raise UnsupportedModelError(f"ONNX export holds {HOLDS}; {model.arch.model_type!r} is a causal LM "
-                                    "(export it as gguf for llama.cpp, or hf)")
+        from .onnx_decoder import check_decoder
+        check_decoder(model)
+        return _check_onnx_installed()
     act = _activation_name(model)
     if act not in ACTIVATIONS:
         raise UnsupportedModelError(f"activation {act!r} has no ONNX form here; supported: {', '.join(ACTIVATIONS)}")
+    _check_onnx_installed()
+
+
+def _check_onnx_installed() -> None:
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -49,7 +55,7 @@ def _activation_name(model: Model) -> str:
 
 
 def build_encoder(model: Model):
-    """The encoder as an onnx.ModelProto, and counts of how each linear was written."""
+    """The encoder as an onnx GraphProto, and counts of how each linear was written."""
     from onnx import TensorProto, helper
     g = Graph()
     root, arch = model.module, model.arch
@@ -86,11 +92,14 @@ def build_encoder(model: Model):
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in (ids, mask)]
     outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", hidden]),
                helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden])]
-    graph = helper.make_graph(g.nodes, "slimformer_encoder", inputs, outputs, initializer=g.inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="slimformer")
+    return helper.make_graph(g.nodes, "slimformer_encoder", inputs, outputs, initializer=g.inits), dict(g.counts)
+
+
+def model_proto(graph):
+    from onnx import helper
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="slimformer")
     proto.ir_version = 10  # readable by ONNX Runtime 1.20 and newer
-    return proto, dict(g.counts)
+    return proto
 
 
 def _embeddings(g: Graph, model: Model, ids: str, mask: str) -> str:
@@ -142,9 +151,16 @@ def _pooling(g: Graph, model: Model, states: str, maskf: str) -> None:
 
 def write_onnx_folder(model: Model, folder: Path) -> dict:
     import onnx
-    proto, counts = build_encoder(model)
-    onnx.checker.check_model(proto, full_check=False)
-    onnx.save_model(proto, str(folder / "model.onnx"))
+    if model.is_causal:
+        from .onnx_decoder import build_decoder
+        graph, counts = build_decoder(model)
+    else:
+        graph, counts = build_encoder(model)
+    proto = model_proto(graph)
+    big = sum(len(t.raw_data) for t in proto.graph.initializer) > 1_500_000_000  # protobuf stops at 2 GB
+    if not big:
+        onnx.checker.check_model(proto, full_check=False)
+    onnx.save_model(proto, str(folder / "model.onnx"), save_as_external_data=big, location="model.onnx.data")
     model.module.config.save_pretrained(folder)
     model.tokenizer.save_pretrained(folder)
     for rel, data in model.extra_files.items():
@@ -156,7 +172,8 @@ def write_onnx_folder(model: Model, folder: Path) -> dict:
             "max_positions": model.arch.max_positions, "params": param_count(model),
             "pooling": {"mode": model.pooling.mode, "normalize": model.pooling.normalize,
                         "max_length": model.pooling.max_length},
-            "inputs": ["input_ids", "attention_mask"], "outputs": ["last_hidden_state", "sentence_embedding"],
+            "inputs": ["input_ids", "attention_mask"],
+            "outputs": ["logits"] if model.is_causal else ["last_hidden_state", "sentence_embedding"],
             "linears": counts, "stages": [e.get("stage") for e in model.log]}
     (folder / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
     return {"opset": OPSET, "linears": counts, "nodes": len(proto.graph.node)}

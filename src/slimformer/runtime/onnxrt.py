@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from ..errors import MissingDependencyError, ModelNotFoundError
+from ..errors import MissingDependencyError, ModelNotFoundError, UnsupportedModelError
 from ..model import Model, Pooling
 from ..model.arch import ArchMap
 
@@ -26,14 +26,16 @@ def _ort():
     return onnxruntime
 
 
-class OnnxEncoderModule:
-    """Callable like a transformers encoder: module(input_ids=..., attention_mask=...).last_hidden_state."""
+class OnnxModule:
+    """Callable like a transformers model: module(input_ids=..., attention_mask=...) gives
+    .last_hidden_state and .sentence_embedding (encoders) or .logits (decoders)."""
     runtime = "onnxruntime"
 
     def __init__(self, path: Path, meta: dict):
         self.path, self.meta = Path(path), meta
         self.config = SimpleNamespace(vocab_size=int(meta.get("vocab_size", 0)), model_type=meta.get("model_type"))
         self._session, self._threads = None, None
+        self.can_decode = meta.get("kind") != "causal"  # no KV cache in the graph: bench skips decode
 
     def session(self):
         threads = torch.get_num_threads()
@@ -50,8 +52,12 @@ class OnnxEncoderModule:
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> SimpleNamespace:
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         feed = {"input_ids": input_ids.numpy().astype(np.int64), "attention_mask": mask.numpy().astype(np.int64)}
-        states, emb = self.session().run(["last_hidden_state", "sentence_embedding"], feed)
-        return SimpleNamespace(last_hidden_state=torch.from_numpy(states), sentence_embedding=torch.from_numpy(emb))
+        names = self.meta.get("outputs", ["last_hidden_state", "sentence_embedding"])
+        return SimpleNamespace(**{n: torch.from_numpy(v) for n, v in zip(names, self.session().run(names, feed))})
+
+    def generate(self, *_, **__):
+        raise UnsupportedModelError("the ONNX decoder graph scores sequences (no KV cache); decode with the "
+                                    "GGUF export in llama.cpp, or bench with --decode-new-tokens left to a GGUF")
 
     def param_count(self) -> int:
         return int(self.meta.get("params", 0))
@@ -79,9 +85,13 @@ def open_onnx(path: Path, given: str) -> Model:
     p = meta.get("pooling", {})
     pooling = Pooling(mode=p.get("mode", pooling.mode), normalize=p.get("normalize", pooling.normalize),
                       max_length=p.get("max_length", pooling.max_length))
-    amap = ArchMap(family="bert", model_type=meta.get("model_type", "bert"), kind="encoder",
+    causal = meta.get("kind") == "causal"
+    amap = ArchMap(family="llama" if causal else "bert", model_type=meta.get("model_type", "bert"),
+                   kind=meta.get("kind", "encoder"),
                    hidden_size=int(meta["hidden_size"]), max_positions=int(meta["max_positions"]),
                    blocks=(), embeddings=())
+    if causal and tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
     size = sum(f.stat().st_size for f in folder.glob("*.onnx*"))
-    return Model(module=OnnxEncoderModule(path, meta), tokenizer=tokenizer, arch=amap, source=given,
+    return Model(module=OnnxModule(path, meta), tokenizer=tokenizer, arch=amap, source=given,
                  path=None, pooling=pooling, extra_files=extra, source_bytes=size, runtime="onnxruntime")

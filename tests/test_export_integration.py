@@ -1,0 +1,39 @@
+"""The real models exported and run in their runtimes: MiniLM as ONNX in ONNX Runtime, SmolLM2 as
+GGUF in llama.cpp, checked against PyTorch on the bundled data (the issue's fidelity targets)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimformer import evaluate
+from slimformer.data import read_sentences, resolve_data
+from slimformer.evaluate.embed import encode
+from slimformer.export import export
+from slimformer.runtime import open_model
+
+pytestmark = pytest.mark.integration
+
+
+def test_minilm_onnx_matches_pytorch_on_stsb(minilm, tmp_path):
+    pytest.importorskip("onnxruntime")
+    export(minilm, "onnx", tmp_path / "onnx")
+    onnx_model = open_model(tmp_path / "onnx")
+    sentences = read_sentences(resolve_data("stsb", "test"))[:512]
+    cos = torch.nn.functional.cosine_similarity(encode(onnx_model, sentences), encode(minilm, sentences))
+    assert float(cos.min()) >= 0.9999
+    a = evaluate(minilm, "sts", split="test", progress=False).value
+    b = evaluate(onnx_model, "sts", split="test", progress=False).value
+    assert abs(a - b) <= 0.01
+
+
+def test_smollm2_f32_gguf_matches_pytorch_in_llama_cpp(smollm2, tmp_path):
+    pytest.importorskip("llama_cpp")
+    export(smollm2, "gguf", tmp_path / "f32.gguf", dtype="f32")
+    g = open_model(tmp_path / "f32.gguf")
+    kw = dict(task="ppl", split="test", seq_len=1024, max_windows=2, progress=False)
+    a, b = evaluate(smollm2, **kw).value, evaluate(g, **kw).value
+    assert abs(b / a - 1) < 0.001
+    ids = smollm2.tokenizer("The history of the Roman Empire begins with", return_tensors="pt").input_ids
+    ref = smollm2.module.generate(ids, max_new_tokens=16, do_sample=False,
+                                  pad_token_id=smollm2.tokenizer.pad_token_id)[0, ids.shape[1]:]
+    assert g.module.generate(ids, max_new_tokens=16)[0, ids.shape[1]:].tolist() == ref.tolist()

@@ -39,9 +39,8 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        if self.runtime != "torch":
-            return torch.device("cpu")
-        return next(self.module.parameters()).device
+        param = next(self.module.parameters(), None) if self.runtime == "torch" else None
+        return param.device if param is not None else torch.device("cpu")  # runtimes run on the CPU
 
     @property
     def is_causal(self) -> bool:

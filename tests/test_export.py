@@ -15,7 +15,7 @@ from slimformer.cli import main
 from slimformer.errors import ConfigValueError, UnsupportedModelError
 from slimformer.evaluate.embed import encode, tokenize_sentences
 from slimformer.export import export
-from slimformer.export.gguf import _rotary_order
+from slimformer.export.gguf import _rotary_order, head_is_tied
 from slimformer.export.gguf_blocks import pack_codes, unpack_blocks
 from slimformer.model import get_module
 from slimformer.quant import QuantizeConfig, QuantLinear, QuantSpec, quantize_model
@@ -130,6 +130,25 @@ def test_gptq_codes_go_into_the_gguf_bit_for_bit(tiny, tmp_path, symmetric, kind
     # llama.cpp runs it: logits near the PyTorch model's (llama.cpp rounds activations to 8 bits)
     g = open_model(str(tmp_path / "q.gguf"))
     ids = torch.randint(5, 380, (1, 40), generator=torch.Generator().manual_seed(2))
+    ref, got = _logits(model, ids), _logits(g, ids)
+    assert float((ref - got).norm() / ref.norm()) < 0.05
+
+
+def test_default_recipe_w8a8_with_quantized_head_exports_as_q8_0(tiny, tmp_path):
+    """The default recipe's W8A8 (per-channel int8, LM head quantized and untied) fits Q8_0 exactly."""
+    pytest.importorskip("llama_cpp")
+    model = copy.deepcopy(tiny["llama"])
+    model.module.lm_head.weight = model.module.model.embed_tokens.weight  # tied, as SmolLM2's is
+    model.module.config.tie_word_embeddings = True
+    assert head_is_tied(model)
+    quantize_model(model, QuantizeConfig(method="gptq", bits=8, activations="dynamic", smoothquant=0.5,
+                                         lm_head=True), CAL, progress=False)
+    res = export(model, "gguf", tmp_path / "w8.gguf", dtype="f32")
+    tensors = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "w8.gguf")).tensors}
+    assert tensors["output.weight"] == "Q8_0" and tensors["blk.0.attn_q.weight"] == "Q8_0"
+    assert res.details["exact_codes"] == len(model.arch.linears) + 1
+    g = open_model(tmp_path / "w8.gguf")
+    ids = torch.randint(5, 380, (1, 40), generator=torch.Generator().manual_seed(4))
     ref, got = _logits(model, ids), _logits(g, ids)
     assert float((ref - got).norm() / ref.norm()) < 0.05
 

@@ -96,7 +96,7 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
                 b = bias.detach()[order] if order is not None else bias.detach()
                 add(f"{prefix}.{TENSOR_NAMES[role]}.bias", b.float().numpy(), "f32")
     add("output_norm.weight", *dense_tensor(get_module(root, arch.final_norm).weight, "f32"))
-    if arch.head and not arch.tied_head:
+    if not head_is_tied(model):
         data, kind, is_exact = _linear(get_module(root, arch.head), arch.head, embedding_dtype or dtype, None)
         add("output.weight", data, kind)
         if is_exact:
@@ -120,6 +120,15 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
     padded = sum(ffn_width - b.ffn.width for b in arch.blocks)
     return {"tensor_types": dict(kinds), "exact_codes": len(exact), "ffn_zero_padding": padded,
             "tokenizer": f"copied from {source_gguf.name}" if source_gguf else "built from the HF tokenizer"}
+
+
+def head_is_tied(model: Model) -> bool:
+    """True when the LM head reads the input embeddings' own tensor (a quantized head is untied)."""
+    if not model.arch.head:
+        return True
+    head = getattr(get_module(model.module, model.arch.head), "weight", None)
+    emb = get_module(model.module, model.arch.embeddings[0]).weight
+    return head is not None and head.data_ptr() == emb.data_ptr()
 
 
 def _check_uniform(model: Model) -> int:

@@ -316,3 +316,18 @@ def test_cli_export_from_a_compress_output_and_eval_in_the_runtime(tiny_dir, tmp
     assert main(["export", str(tiny_dir["bert"]), "--format", "onnx", "--out", str(tmp_path / "o"),
                  "--type", "q8_0"]) == 2
     assert isinstance(get_module(load(out / "model").module, "model.layers.0.self_attn.q_proj"), QuantLinear)
+
+
+def test_hf_export_dense_loads_in_transformers_and_quantized_in_slimformer(tiny, tmp_path):
+    import transformers as T
+    export(tiny["bert"], "hf", tmp_path / "dense")
+    plain = T.AutoModel.from_pretrained(tmp_path / "dense").eval()
+    ids = torch.randint(5, 380, (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).last_hidden_state,
+                              tiny["bert"].module(input_ids=ids).last_hidden_state, atol=1e-6)
+    model = copy.deepcopy(tiny["llama"])
+    quantize_model(model, QuantizeConfig(method="gptq", bits=4, group_size=32), CAL, progress=False)
+    res = export(model, "hf", tmp_path / "q")
+    assert res.bytes == sum(p.stat().st_size for p in (tmp_path / "q").iterdir())
+    assert torch.equal(_logits(load(tmp_path / "q"), ids), _logits(model, ids))

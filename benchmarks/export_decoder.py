@@ -7,8 +7,9 @@ quantization, on the same WikiText-2 test windows in the same process.
    token windows (the HF tokenizer of the source; ids fed to llama.cpp as they are), and the greedy
    continuation of a fixed prompt.
 2. Q4_0: slimformer GPTQ int4 symmetric g32 (default calibration: 64 x 1024 WikiText-2 validation
-   windows) written bit for bit into Q4_0, vs llama.cpp's own Q4_0 (`llama_model_quantize`, its
-   round-to-nearest) of the same F32 GGUF; token embeddings Q8_0 in both (printed: tensor types).
+   windows; on the full-range grid, Q4_0's own scale rule, and on the max/7 grid) written bit for
+   bit into Q4_0, vs llama.cpp's own Q4_0 (`llama_model_quantize`, its round-to-nearest) of the
+   same F32 GGUF; token embeddings Q8_0 in both (printed: tensor types).
 3. Decode tokens/s, batch 1, llama.cpp at --threads, prompt 32, 128 new tokens, alternating rounds:
    the original's shipped Q4_1 GGUF, the exports above, and --trimmed (a compressed model's GGUF,
    e.g. from src/slimformer/recipes/export-decoder-trim-gguf.yaml), with HF fp32 PyTorch beside.
@@ -69,6 +70,8 @@ def main() -> None:
     p.add_argument("--trimmed", help="a compressed model's .gguf to decode and score too")
     p.add_argument("--threads", type=int, default=1, help="decode threads (scoring uses all cores)")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--grids", nargs="+", default=["full-act", "full", "plain"], choices=["full-act", "full", "plain"],
+                   help="GPTQ int4 symmetric grids to run (full-range: Q4_0's own scale rule)")
     p.add_argument("--out", default="benchmarks/results/export_decoder.jsonl")
     args = p.parse_args()
     cores = torch.get_num_threads()
@@ -92,23 +95,27 @@ def main() -> None:
         record("F32 GGUF in llama.cpp (slimformer export)", ppl=p_f32, rel_diff=p_f32 / p_torch - 1,
                same_greedy_24=same)
 
-        q = copy.deepcopy(base)
-        t0 = time.perf_counter()
-        quantize_model(q, QuantizeConfig(method="gptq", bits=4, group_size=32, symmetric=True), None, progress=False)
-        gptq_s = time.perf_counter() - t0
-        ours = folder / "gptq-q4_0.gguf"
-        details = export(q, "gguf", ours, dtype="q8_0").details
         theirs = folder / "llamacpp-q4_0.gguf"
         quant_s = llama_cpp_quantize(f32, theirs, "q4_0", cores)
-        g_ours, g_theirs = open_model(ours), open_model(theirs)
-        record("slimformer GPTQ int4 g32 -> Q4_0 (llama.cpp)", ppl=ppl(g_ours, args.windows), quantize_s=gptq_s,
-               tensors=g_ours.module.meta["_tensor_types"], exact_codes=details["exact_codes"])
+        g_theirs = open_model(theirs)
         record("llama.cpp Q4_0 (llama_model_quantize of the F32 GGUF)", ppl=ppl(g_theirs, args.windows),
                quantize_s=quant_s, tensors=g_theirs.module.meta["_tensor_types"])
+        for grid in args.grids:  # full: scale = largest weight / -8 (Q4_0's rule); plain: max|w| / 7;
+            q = copy.deepcopy(base)  # full-act: full, columns by decreasing Hessian diagonal, scales
+            t0 = time.perf_counter()  # from the original weights (the scales llama.cpp would pick)
+            quantize_model(q, QuantizeConfig(method="gptq", bits=4, group_size=32, symmetric=True,
+                                             full_range=grid != "plain", act_order=grid == "full-act"),
+                           None, progress=False)
+            gptq_s = time.perf_counter() - t0
+            ours = folder / f"gptq-{grid}-q4_0.gguf"
+            details = export(q, "gguf", ours, dtype="q8_0").details
+            g_ours = open_model(ours)
+            record(f"slimformer GPTQ int4 g32 ({grid}-range grid) -> Q4_0 (llama.cpp)", ppl=ppl(g_ours, args.windows),
+                   quantize_s=gptq_s, tensors=g_ours.module.meta["_tensor_types"], exact_codes=details["exact_codes"])
 
         shipped = Path(resolve(args.model).location) if resolve(args.model).kind == "gguf" else None
         decoders = {"HF fp32 PyTorch": base, "F32 GGUF": g32, "slimformer GPTQ Q4_0": g_ours,
-                    "llama.cpp Q4_0": g_theirs}
+                    "llama.cpp Q4_0": g_theirs}  # g_ours: the last grid run
         if shipped:
             decoders["original's shipped GGUF"] = open_model(shipped)
         if args.trimmed:

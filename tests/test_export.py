@@ -52,6 +52,16 @@ def test_blocks_carry_the_codes_exactly(spec, kind):
     assert np.array_equal(unpack_blocks(data, got, *q.shape), theirs)
 
 
+def test_full_range_rtn_is_llama_cpps_q4_0():
+    """RTN on the full-range int4 g32 grid writes the blocks llama.cpp's own Q4_0 rounding writes
+    (the gguf package's reference quantizer), up to round-half-even vs its +0.5 truncation."""
+    W = torch.randn(32, 256)
+    spec = QuantSpec(4, 32, True, True)
+    ours, _ = pack_codes(*quantize(W, spec), 4, 32, True)
+    theirs = gguf.quants.quantize(W.numpy(), gguf.GGMLQuantizationType.Q4_0)
+    assert (ours == theirs).mean() > 0.999
+
+
 @pytest.mark.parametrize("bits,group,sym,width", [(3, 32, True, 64), (8, 32, False, 64), (4, 16, True, 64),
                                                   (4, 32, True, 48)])
 def test_grids_no_ggml_type_holds_are_refused(bits, group, sym, width):

@@ -153,12 +153,28 @@ def test_smoothquant_scales_formula():
     torch.testing.assert_close(a / s, torch.tensor([8.0, 1.0, 4.0]) * s)
 
 
+def test_full_range_grid_uses_all_levels_and_beats_max_over_7():
+    """The largest-magnitude weight of a group lands on -8 (its sign in the scale); every other
+    weight rounds to a step of max/8; the mean squared error is below the max/7 grid's."""
+    torch.manual_seed(0)
+    W = torch.randn(64, 128)
+    full, plain = QuantSpec(4, 32, True, True), QuantSpec(4, 32, True)
+    q, s, z = quantize(W, full)
+    g = W.view(64, 4, 32)
+    m = g.gather(2, g.abs().argmax(2, keepdim=True))[..., 0]
+    torch.testing.assert_close(s, m / -8)
+    assert bool((q.view(64, 4, 32).gather(2, g.abs().argmax(2, keepdim=True)) == -8).all())
+    err = lambda spec: float(((dequantize(*quantize(W, spec), spec) - W) ** 2).mean())  # noqa: E731
+    assert err(full) < err(plain)
+
+
 # ---- kernels ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("spec,act,kernel", [
     (QuantSpec(8, 0, True), "dynamic", "int8_dynamic"), (QuantSpec(8, 0, True), "static", "int8_static"),
     (QuantSpec(8, 0, True), "none", "int8_weight"), (QuantSpec(4, 64, False), "none", "int4_weight"),
-    (QuantSpec(4, 128, True), "none", "int4_weight"), (QuantSpec(3, 32, True), "none", None)])
+    (QuantSpec(4, 128, True), "none", "int4_weight"), (QuantSpec(4, 32, True, True), "none", "int4_weight"),
+    (QuantSpec(3, 32, True), "none", None)])
 def test_kernels_compute_what_the_codes_mean(spec, act, kernel):
     torch.manual_seed(0)
     W, b = torch.randn(48, 192) * 0.05, torch.randn(48)
@@ -192,6 +208,7 @@ CONFIGS = {
     "gptq-int4-g32": dict(method="gptq", bits=4, group_size=32, symmetric=False),
     "awq-int4-g32": dict(method="awq", bits=4, group_size=32),
     "gptq-int8-act-order": dict(method="gptq", bits=8, act_order=True),
+    "gptq-int4-g32-full-range": dict(method="gptq", bits=4, group_size=32, full_range=True),
 }
 
 
@@ -272,6 +289,7 @@ def test_prune_then_quantize_keeps_zeros(tiny):
     ("bert", dict(method="rtn", bits=8, activations="static", smoothquant=0.5)),
     ("distilbert", dict(method="rtn", bits=8)),
     ("llama", dict(method="rtn", bits=3, group_size=32)),  # simulated
+    ("llama", dict(method="gptq", bits=4, group_size=32, full_range=True)),  # negative scales
 ])
 def test_saved_quantized_model_reloads_bit_identical(tiny, family, cfg, tmp_path):
     model = copy.deepcopy(tiny[family])

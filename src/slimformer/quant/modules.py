@@ -78,13 +78,14 @@ class QuantLinear(nn.Module):
 
     def describe(self) -> dict:
         return {"bits": self.spec.bits, "group_size": self.spec.group_size, "symmetric": self.spec.symmetric,
+                "full_range": self.spec.full_range,
                 "act": self.act, "kernel": self.kernel, "in": self.in_features, "out": self.out_features,
                 "bias": self.bias is not None, "input_scale": self.input_scale is not None,
                 "granularity": self.granularity}
 
     @classmethod
     def empty_like(cls, desc: dict) -> "QuantLinear":
-        spec = QuantSpec(desc["bits"], desc["group_size"], desc["symmetric"])
+        spec = QuantSpec(desc["bits"], desc["group_size"], desc["symmetric"], desc.get("full_range", False))
         return cls(desc["in"], desc["out"], spec, desc["bias"], desc["act"], desc["kernel"], desc["input_scale"],
                    desc.get("granularity", "token"))
 

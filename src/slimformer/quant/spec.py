@@ -3,7 +3,10 @@
 A weight W [out, in] is split along the input dimension into groups of `group_size` columns
 (0 = one group per row: per-channel). Each (row, group) has a scale s > 0 and an integer zero
 point z; its values are stored as signed integers q in [-2^(b-1), 2^(b-1) - 1] and mean
-w = s * (q - z). Symmetric grids have z = 0 and s = max|w| / (2^(b-1) - 1); asymmetric grids
+w = s * (q - z). Symmetric grids have z = 0 and s = max|w| / (2^(b-1) - 1), or with `full_range`
+s = m / -2^(b-1) where m is the largest-magnitude weight itself (signed; s may be negative): m
+lands on code -2^(b-1), so all 2^b levels are used and the step is max|w| / 8 instead of / 7 for
+int4 (llama.cpp's Q4_0 rule; weights on the other side beyond 7|s| clip by at most |s|). Asymmetric grids
 span [min(w, 0), max(w, 0)] with s = (max - min) / (2^b - 1). Zero is always exactly
 representable (q = z), so pruned weights stay exactly zero after quantization. A last group
 narrower than `group_size` (in % group_size != 0, e.g. SmolLM2's 576 with groups of 128) is
@@ -21,6 +24,7 @@ class QuantSpec:
     bits: int = 8
     group_size: int = 0  # 0: per output channel (one group spanning the whole row)
     symmetric: bool = True
+    full_range: bool = False  # symmetric: the largest-magnitude weight maps to code -2^(b-1)
 
     @property
     def qmin(self) -> int:
@@ -39,7 +43,7 @@ class QuantSpec:
 
     def describe(self) -> str:
         g = f"g{self.group_size}" if self.group_size else "per-channel"
-        return f"int{self.bits} {g} {'sym' if self.symmetric else 'asym'}"
+        return f"int{self.bits} {g} {'sym' if self.symmetric else 'asym'}{' full-range' if self.full_range else ''}"
 
 
 def group_index(in_features: int, spec: QuantSpec) -> torch.Tensor:
@@ -50,6 +54,10 @@ def group_index(in_features: int, spec: QuantSpec) -> torch.Tensor:
 def params_for(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of each row of `w` [rows, cols] taken as one group: ([rows], [rows])."""
     w = w.float()
+    if spec.symmetric and spec.full_range:
+        m = w.gather(1, w.abs().argmax(1, keepdim=True))[:, 0]
+        scale = torch.where(m != 0, m / spec.qmin, torch.ones_like(m))
+        return scale, torch.zeros_like(scale)
     if spec.symmetric:
         scale = w.abs().amax(1) / spec.qmax
         zero = torch.zeros_like(scale)

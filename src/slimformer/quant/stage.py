@@ -28,6 +28,7 @@ class QuantizeConfig:
     bits: int = 8  # 8, 4 or 3
     group_size: int = 0  # 0: per output channel; else 32 / 64 / 128 / 256 input columns
     symmetric: bool = True
+    full_range: bool = False  # int4 / int3 symmetric: use all 2^b levels (llama.cpp's Q4_0 scale rule)
     activations: str = "none"  # none (weight-only) | dynamic (int8, ranges per call) | static (calibrated)
     granularity: str = "auto"  # dynamic activations: a range per "token", or one per "tensor" (faster);
     # auto: per token for causal LMs (outlier tokens; decoding is one token anyway), per tensor for encoders
@@ -43,7 +44,7 @@ class QuantizeConfig:
 
     @property
     def spec(self) -> QuantSpec:
-        return QuantSpec(int(self.bits), int(self.group_size), bool(self.symmetric))
+        return QuantSpec(int(self.bits), int(self.group_size), bool(self.symmetric), bool(self.full_range))
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -57,6 +58,8 @@ class QuantizeConfig:
         if self.activations != "none" and (self.bits != 8 or self.group_size or not self.symmetric):
             raise ConfigValueError("int8 activations need int8 symmetric per-channel weights: "
                                    "bits: 8, group_size: 0, symmetric: true")
+        if self.full_range and (self.bits == 8 or not self.symmetric):
+            raise ConfigValueError("quantize full_range is for int4 / int3 symmetric grids (bits: 4, symmetric: true)")
         if self.granularity not in ("auto", "token", "tensor"):
             raise ConfigValueError(f"quantize granularity must be auto, token or tensor (got {self.granularity!r})")
         if self.smoothquant is not None and not 0.0 <= float(self.smoothquant) <= 1.0:

@@ -281,10 +281,11 @@ def test_runtime_choice(tiny_dir, tmp_path):
 def test_recipe_export_is_written_and_scored_in_its_runtime(tiny, tmp_path, family, fmt, name):
     pytest.importorskip("onnxruntime" if fmt == "onnx" else "llama_cpp")
     recipe = {"stages": [{"quantize": {"bits": 8, "activations": "dynamic"}}] if fmt == "onnx" else
-              [{"quantize": {"method": "gptq", "bits": 4, "group_size": 32}}],
-              "calibration": CAL, "evaluate": {"max_windows": 2, "seq_len": 64},
-              "bench": {"repeats": 1, "batch_sizes": [1], "seq_lens": [16], "throughput_items": 8,
-                        "throughput_seq_len": 32, "decode_new_tokens": 4, "decode_prompt": 8},
+              [{"quantize": {"method": "rtn", "bits": 4, "group_size": 32}}],
+              "calibration": CAL, "evaluate": {"max_windows": 2, "seq_len": 64, "fidelity": False},
+              "bench": {"repeats": 1, "warmup": 0, "batch_sizes": [1], "seq_lens": [16], "throughput_items": 2,
+                        "throughput_seq_len": 32, "throughput_passes": 1, "decode_new_tokens": 2,
+                        "decode_prompt": 8, "decode_repeats": 1},
               "export": {"format": fmt}}
     r = compress(tiny[family], recipe, out=tmp_path / "out", progress=False)
     assert (tmp_path / "out" / name).exists() and r.export["path"] == name
@@ -312,8 +313,9 @@ def test_cli_export_from_a_compress_output_and_eval_in_the_runtime(tiny_dir, tmp
     recipe = tmp_path / "r.yaml"
     recipe.write_text("stages:\n  - quantize: {method: rtn, bits: 8, group_size: 32}\n"
                       "evaluate: {max_windows: 1, seq_len: 32, fidelity: false}\n"
-                      "bench: {repeats: 1, batch_sizes: [1], seq_lens: [16], throughput_items: 2, "
-                      "throughput_seq_len: 32, decode_new_tokens: 2, decode_prompt: 8}\n"
+                      "bench: {repeats: 1, warmup: 0, batch_sizes: [1], seq_lens: [16], throughput_items: 2, "
+                      "throughput_seq_len: 32, throughput_passes: 1, decode_new_tokens: 2, decode_prompt: 8, "
+                      "decode_repeats: 1}\n"
                       "calibration: {samples: 2, seq_len: 32}\n")
     assert main(["compress", str(tiny_dir["llama"]), "--recipe", str(recipe), "--out", str(out)]) == 0
     assert main(["export", str(out), "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 0

@@ -47,3 +47,18 @@ def append_row(path: str, row: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def fastest_encoders(models, rounds: int, passes: int) -> dict[str, tuple[float, float]]:
+    """name -> (best sentences/s on STS-B test in batches of 32, best batch-1 x 32 latency ms).
+    Rounds alternate the variants: later runs in a process tend to be faster, so one pass in a
+    fixed order would favour whichever comes last."""
+    from slimformer.bench.workloads import encoder_throughput, latency_grid
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(rounds):
+        for name, model in models:
+            thr = encoder_throughput(model, "stsb", 32, None, passes)["items_per_s"]
+            lat = latency_grid(model, [1], [32], warmup=3, repeats=20)[0].median_ms
+            old = best.get(name, (0.0, float("inf")))
+            best[name] = (max(old[0], thr), min(old[1], lat))
+    return best

@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--grids", nargs="+", default=["full-act", "full", "plain"], choices=["full-act", "full", "plain"],
                    help="GPTQ int4 symmetric grids to run (full-range: Q4_0's own scale rule)")
-    p.add_argument("--out", default="benchmarks/results/export_decoder.jsonl")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "export_decoder.jsonl"))
     args = p.parse_args()
     cores = torch.get_num_threads()
     base = slimformer.load(args.model)

@@ -25,14 +25,13 @@ import torch
 
 import slimformer
 from slimformer.bench.env import environment
-from slimformer.bench.workloads import encoder_throughput, latency_grid
 from slimformer.evaluate.embed import encode
 from slimformer.data import read_sentences, resolve_data
 from slimformer.export import export
 from slimformer.quant import QuantizeConfig, quantize_model
 from slimformer.runtime import open_model
 
-from common import append_row, quality
+from common import append_row, fastest_encoders, quality
 from quant_encoder import OrtEncoder, ort_int8
 
 DEFAULT_W8A8 = dict(method="gptq", bits=8, activations="dynamic", smoothquant=0.5)
@@ -63,7 +62,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each variant counts")
-    p.add_argument("--out", default="benchmarks/results/export_encoder.jsonl")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "export_encoder.jsonl"))
     args = p.parse_args()
     base = slimformer.load(args.model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,13 +81,7 @@ def main() -> None:
             run = {**models, "ONNX Runtime dynamic int8 (peer)": peer}
             if "ONNX Runtime dynamic int8 (peer)" not in scores:
                 scores["ONNX Runtime dynamic int8 (peer)"] = quality(peer, 0)
-            best: dict[str, tuple] = {}
-            for _ in range(args.rounds):  # alternate: later runs in a process tend to be faster
-                for name, model in run.items():
-                    thr = encoder_throughput(model, "stsb", 32, None, args.passes)["items_per_s"]
-                    lat = latency_grid(model, [1], [32], warmup=3, repeats=20)[0].median_ms
-                    old = best.get(name, (0.0, float("inf")))
-                    best[name] = (max(old[0], thr), min(old[1], lat))
+            best = fastest_encoders(list(run.items()), args.rounds, args.passes)
             ref = best["fp32 PyTorch"]
             for name in run:
                 thr, lat = best[name]

@@ -23,10 +23,9 @@ import torch
 
 import slimformer
 from slimformer.bench.env import environment
-from slimformer.bench.workloads import encoder_throughput, latency_grid
 from slimformer.quant import QuantizeConfig, quantize_model
 
-from common import append_row, quality
+from common import append_row, fastest_encoders, quality
 
 SLIM = {
     "slimformer W8A8 dynamic (RTN)": dict(method="rtn", bits=8, activations="dynamic"),
@@ -110,20 +109,12 @@ def main() -> None:
         for threads in args.threads:
             torch.set_num_threads(threads)
             models = list(variants(base, folder, threads))
-            best: dict[str, tuple] = {}
-            # Rounds alternate the variants: later runs in a process tend to be faster, so one
-            # pass in a fixed order would favour whichever comes last.
-            for _ in range(args.rounds):
-                for name, model, quant_s in models:
-                    thr = encoder_throughput(model, "stsb", 32, None, args.passes)["items_per_s"]
-                    lat = latency_grid(model, [1], [32], warmup=3, repeats=20)[0].median_ms
-                    old = best.get(name, (0.0, float("inf"), quant_s))
-                    best[name] = (max(old[0], thr), min(old[1], lat), quant_s)
+            best = fastest_encoders([(name, model) for name, model, _ in models], args.rounds, args.passes)
             ref = best["fp32 PyTorch"]
-            for name, model, _ in models:
+            for name, model, quant_s in models:
                 if name not in scores:
                     scores[name] = quality(model, 0)
-                thr, lat, quant_s = best[name]
+                thr, lat = best[name]
                 row = {"model": args.model, "variant": name, "threads": threads, "spearman": scores[name],
                        "sentences_per_s": thr, "latency_b1x32_ms": lat, "throughput_ratio": thr / ref[0],
                        "latency_ratio": ref[1] / lat, "quantize_s": quant_s, "rounds": args.rounds,

@@ -15,7 +15,7 @@ from slimformer.cli import main
 from slimformer.errors import ConfigValueError, UnsupportedModelError
 from slimformer.evaluate.embed import encode, tokenize_sentences
 from slimformer.export import export
-from slimformer.export.gguf import _rotary_order, head_is_tied
+from slimformer.export.gguf import _rotary_order
 from slimformer.export.gguf_blocks import pack_codes, unpack_blocks
 from slimformer.model import get_module
 from slimformer.quant import QuantizeConfig, QuantLinear, QuantSpec, quantize_model
@@ -150,7 +150,7 @@ def test_default_recipe_w8a8_with_quantized_head_exports_as_q8_0(tiny, tmp_path)
     model = copy.deepcopy(tiny["llama"])
     model.module.lm_head.weight = model.module.model.embed_tokens.weight  # tied, as SmolLM2's is
     model.module.config.tie_word_embeddings = True
-    assert head_is_tied(model)
+    assert model.head_is_tied
     quantize_model(model, QuantizeConfig(method="gptq", bits=8, activations="dynamic", smoothquant=0.5,
                                          lm_head=True), CAL, progress=False)
     res = export(model, "gguf", tmp_path / "w8.gguf", dtype="f32")

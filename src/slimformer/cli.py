@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import SlimformerError
-
-RUNTIMES = ("auto", "torch", "onnxruntime", "llama.cpp")  # runtime/__init__.py (not imported: slow)
+from .runtime import RUNTIMES
 
 
 def _ints(text: str) -> tuple[int, ...]:

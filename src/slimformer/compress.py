@@ -62,8 +62,8 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
     t0 = time.perf_counter()
     if out is not None and Path(out).exists() and not overwrite:
         raise ConfigValueError(f"{out} already exists; choose another --out or remove it first")
-    if recipe.export.format != "hf":  # an export the model cannot take fails before any work
-        check_export(model, recipe.export.format)
+    from .export import check as check_export
+    check_export(model, recipe.export.format)  # an export the model cannot take fails before any work
     work_dir = Path(f"{out}.recover") if out is not None else None  # checkpoints, kept if a run stops
     if work_dir is not None and work_dir.exists() and overwrite and not resume and is_main_process():
         shutil.rmtree(work_dir)  # --overwrite starts afresh; --resume would continue from them
@@ -106,14 +106,6 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
 
 
 EXPORT_NAMES = {"onnx": "onnx", "gguf": "model.gguf"}
-
-
-def check_export(model: Model, fmt: str) -> None:
-    if fmt == "onnx":
-        from .export.onnx import check_exportable
-    else:
-        from .export.gguf import check_exportable
-    check_exportable(model)
 
 
 def export_and_check(model: Model, recipe: Recipe, folder: Path, eval_kw: dict) -> dict:

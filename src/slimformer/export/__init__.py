@@ -20,6 +20,16 @@ from ..results import ExportResult
 FORMATS = ("hf", "onnx", "gguf")
 
 
+def check(model: Model, fmt: str) -> None:
+    """Raise the one-line error an export of `model` as `fmt` would meet, before any work."""
+    if fmt == "onnx":
+        from .onnx import check_exportable
+        check_exportable(model)
+    elif fmt == "gguf":
+        from .gguf import check_exportable
+        check_exportable(model)
+
+
 def export(model: Model, fmt: str, out: str | os.PathLike, dtype: str | None = None,
            overwrite: bool = False) -> ExportResult:
     """Write `model` as `fmt` to `out`. `dtype`: GGUF type of the weights slimformer did not
@@ -32,17 +42,17 @@ def export(model: Model, fmt: str, out: str | os.PathLike, dtype: str | None = N
     out = Path(out)
     t0 = time.perf_counter()
     if fmt == "gguf":
-        from .gguf import check_exportable, source_gguf_of, write_gguf
+        from .gguf import source_gguf_of, write_gguf
         if out.suffix.lower() != ".gguf":
             raise ConfigValueError(f"--out {out}: a GGUF export is one file; name it *.gguf")
-        check_exportable(model)  # before anything is created
+        check(model, fmt)  # before anything is created
         with atomic_file(out, overwrite=overwrite) as tmp:
             details = write_gguf(model, tmp, dtype=dtype or "f16", source_gguf=source_gguf_of(model))
         size = out.stat().st_size
     else:
+        check(model, fmt)
         if fmt == "onnx":
-            from .onnx import check_exportable as check_onnx, write_onnx_folder
-            check_onnx(model)
+            from .onnx import write_onnx_folder
             if dtype not in (None, "fp32"):
                 raise ConfigValueError("ONNX exports fp32 graphs (quantized layers keep their own int8 nodes); "
                                        "drop --type")

@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import ConfigValueError, UnsupportedModelError
 from ..model import Model
 from ..model.arch import get_module
+from ..model.save import quantized_layers
 from .gguf_blocks import DENSE_TYPES, dense_tensor, pack_codes
 from . import gguf_vocab
 
@@ -63,7 +64,6 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
     from gguf import GGMLQuantizationType, GGUFWriter
     if dtype not in DENSE_TYPES or (embedding_dtype or dtype) not in DENSE_TYPES:
         raise ConfigValueError(f"GGUF type {dtype!r}: choose one of {', '.join(DENSE_TYPES)}")
-    check_exportable(model)
     arch, cfg, root = model.arch, model.module.config, model.module
     writer = GGUFWriter(str(path), GGUF_ARCH[arch.model_type])
     tensors, kinds, exact = [], Counter(), []
@@ -84,8 +84,8 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
         roles = {"q": a.q, "k": a.k, "v": a.v, "o": a.o, "gate": blk.ffn.gate, "up": blk.ffn.up,
                  "down": blk.ffn.down}
         for role, name in roles.items():
-            order = _rotary_order({"q": a.n_heads, "k": a.n_kv_heads}[role] * head_dim,
-                                  {"q": a.n_heads, "k": a.n_kv_heads}[role]) if role in ("q", "k") else None
+            rotary_heads = {"q": a.n_heads, "k": a.n_kv_heads}.get(role)
+            order = _rotary_order(rotary_heads * head_dim, rotary_heads) if rotary_heads else None
             pad = (ffn_width - blk.ffn.width) if role in ("gate", "up", "down") else 0
             data, kind, is_exact = _linear(get_module(root, name), name, dtype, order, pad, role == "down")
             add(f"{prefix}.{TENSOR_NAMES[role]}.weight", data, kind)
@@ -96,7 +96,7 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
                 b = bias.detach()[order] if order is not None else bias.detach()
                 add(f"{prefix}.{TENSOR_NAMES[role]}.bias", b.float().numpy(), "f32")
     add("output_norm.weight", *dense_tensor(get_module(root, arch.final_norm).weight, "f32"))
-    if not head_is_tied(model):
+    if not model.head_is_tied:
         data, kind, is_exact = _linear(get_module(root, arch.head), arch.head, embedding_dtype or dtype, None)
         add("output.weight", data, kind)
         if is_exact:
@@ -122,15 +122,6 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
             "tokenizer": f"copied from {source_gguf.name}" if source_gguf else "built from the HF tokenizer"}
 
 
-def head_is_tied(model: Model) -> bool:
-    """True when the LM head reads the input embeddings' own tensor (a quantized head is untied)."""
-    if not model.arch.head:
-        return True
-    head = getattr(get_module(model.module, model.arch.head), "weight", None)
-    emb = get_module(model.module, model.arch.embeddings[0]).weight
-    return head is not None and head.data_ptr() == emb.data_ptr()
-
-
 def _check_uniform(model: Model) -> int:
     """llama.cpp's llama graph gives every layer layer 0's head counts and FFN width. Unequal FFN
     widths are padded with zero neurons (exact: silu(0) * 0 = 0 meets zero columns of down);
@@ -140,15 +131,10 @@ def _check_uniform(model: Model) -> int:
         raise UnsupportedModelError("llama.cpp's llama architecture needs the same head counts in every layer; "
                                     "trim heads with allocation: uniform to export as GGUF")
     widths = [b.ffn.width for b in blocks]
-    if len(set(widths)) > 1 and model.module.config.model_type and _any_quantized(model):
+    if len(set(widths)) > 1 and quantized_layers(model):
         raise UnsupportedModelError("quantized layers with unequal FFN widths cannot be written to GGUF "
                                     "(llama.cpp needs one width); trim the FFN with allocation: uniform")
     return max(widths)
-
-
-def _any_quantized(model: Model) -> bool:
-    from ..quant.modules import QuantLinear
-    return any(isinstance(m, QuantLinear) for m in model.module.modules())
 
 
 def _linear(mod: nn.Module, name: str, dtype: str, order: torch.Tensor | None, pad: int = 0,

@@ -25,7 +25,7 @@ from ..model.arch import get_module
 from .onnx_graph import OPSET, Graph, linear
 
 EXPORT_META = "slimformer-export.json"
-HOLDS = "BERT-family encoders (bert, roberta, xlm-roberta, camembert, distilbert; MiniLM is bert)"  # + decoders
+HOLDS = "BERT-family encoders (bert, roberta, xlm-roberta, camembert, distilbert; MiniLM is bert)"
 ROBERTA_POSITIONS = ("roberta", "xlm-roberta", "camembert")
 ACTIVATIONS = {"gelu": ("Gelu", "none"), "gelu_new": ("Gelu", "tanh"), "gelu_pytorch_tanh": ("Gelu", "tanh"),
                "relu": ("Relu", None), "silu": ("silu", None), "swish": ("silu", None)}
@@ -151,6 +151,8 @@ def _pooling(g: Graph, model: Model, states: str, maskf: str) -> None:
 
 def write_onnx_folder(model: Model, folder: Path) -> dict:
     import onnx
+    from ..bench.size import param_count
+    from ..model.save import write_tokenizer_files
     if model.is_causal:
         from .onnx_decoder import build_decoder
         graph, counts = build_decoder(model)
@@ -162,11 +164,7 @@ def write_onnx_folder(model: Model, folder: Path) -> dict:
         onnx.checker.check_model(proto, full_check=False)
     onnx.save_model(proto, str(folder / "model.onnx"), save_as_external_data=big, location="model.onnx.data")
     model.module.config.save_pretrained(folder)
-    model.tokenizer.save_pretrained(folder)
-    for rel, data in model.extra_files.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(data)
-    from ..bench.size import param_count
+    write_tokenizer_files(model, folder)
     meta = {"format": "onnx", "opset": OPSET, "source": model.name, "kind": model.arch.kind,
             "model_type": model.arch.model_type, "hidden_size": model.arch.hidden_size,
             "max_positions": model.arch.max_positions, "params": param_count(model),

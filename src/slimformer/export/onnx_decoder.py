@@ -105,8 +105,7 @@ def build_decoder(model: Model):
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), linear(g, h, get_module(root, blk.ffn.up), blk.ffn.up)])
         x = g.op("Add", [x, linear(g, act, get_module(root, blk.ffn.down), blk.ffn.down)])
     x = _rms_norm(g, x, root, arch.final_norm)
-    from .gguf import head_is_tied
-    if not head_is_tied(model):
+    if not model.head_is_tied:
         logits = linear(g, x, get_module(root, arch.head), arch.head)
     else:  # tied: the embedding matrix [vocab, hidden] read transposed, not stored twice
         shape = g.op("Shape", [x])

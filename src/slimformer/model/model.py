@@ -43,6 +43,17 @@ class Model:
         return param.device if param is not None else torch.device("cpu")  # runtimes run on the CPU
 
     @property
+    def head_is_tied(self) -> bool:
+        """Whether the LM head reads the input embeddings' own tensor. Checked on the tensors, not
+        the load-time ArchMap flag: quantizing the head unties it. No head: the embeddings serve."""
+        if not self.arch.head:
+            return True
+        from .arch import get_module
+        head = getattr(get_module(self.module, self.arch.head), "weight", None)
+        emb = get_module(self.module, self.arch.embeddings[0]).weight
+        return head is not None and head.data_ptr() == emb.data_ptr()
+
+    @property
     def is_causal(self) -> bool:
         return self.arch.kind == "causal"
 

@@ -45,11 +45,16 @@ def write_folder(model: Model, folder: Path, dense: bool = False) -> None:
         meta.update(_write_sparse(model, folder))
     else:
         _write_dense(model, folder)
+    write_tokenizer_files(model, folder)
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def write_tokenizer_files(model: Model, folder: Path) -> None:
+    """The tokenizer and the files kept from the source (sentence-transformers pooling configs)."""
     model.tokenizer.save_pretrained(folder)
     for rel, data in model.extra_files.items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(data)
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def quantized_layers(model: Model) -> dict[str, dict]:

@@ -52,17 +52,18 @@ class LlamaCppModule:
         self.path, self.meta = Path(path), meta
         arch = meta["general.architecture"]
         self.config = SimpleNamespace(vocab_size=int(meta.get(f"{arch}.vocab_size") or 0), model_type=arch)
-        self._contexts: dict = {}
+        self._key, self._context = None, None  # one llama.cpp context at a time: each holds a KV cache
 
     def _llm(self, logits_all: bool, n_ctx: int):
         threads = torch.get_num_threads()
         key = (logits_all, n_ctx, threads)
-        if key not in self._contexts:
-            self._contexts.clear()  # one context at a time: each holds its KV cache
-            self._contexts[key] = _llama_cpp().Llama(
+        if key != self._key:
+            self._context = None  # free the old one first
+            self._context = _llama_cpp().Llama(
                 str(self.path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=min(n_ctx, 512), n_threads=threads,
                 n_threads_batch=threads, logits_all=logits_all, verbose=False, seed=0)
-        return self._contexts[key]
+            self._key = key
+        return self._context
 
     def __call__(self, input_ids: torch.Tensor, **_) -> SimpleNamespace:
         rows = []

@@ -82,9 +82,8 @@ def open_onnx(path: Path, given: str) -> Model:
         raise ModelNotFoundError(f"{folder}: no usable tokenizer ({str(e).splitlines()[0]})") from None
     meta.setdefault("vocab_size", len(tokenizer))
     pooling, extra = _sentence_transformers_config(folder)
-    p = meta.get("pooling", {})
-    pooling = Pooling(mode=p.get("mode", pooling.mode), normalize=p.get("normalize", pooling.normalize),
-                      max_length=p.get("max_length", pooling.max_length))
+    if "pooling" in meta:  # what the exported graph itself pools with
+        pooling = Pooling(**meta["pooling"])
     causal = meta.get("kind") == "causal"
     amap = ArchMap(family="llama" if causal else "bert", model_type=meta.get("model_type", "bert"),
                    kind=meta.get("kind", "encoder"),

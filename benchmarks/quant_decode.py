@@ -31,6 +31,8 @@ SLIM = {
     "slimformer int4 g128 weight-only (bf16 act.)": dict(bits=4, group_size=128, symmetric=False),
 }
 
+FUSION_AB = "slimformer W8A8 (int8 per-token dynamic act.) +LM head"
+
 
 def weight_bytes_per_token(model) -> int:
     total = 0
@@ -54,6 +56,10 @@ def variants(base):
         m = copy.deepcopy(base)
         quantize_model(m, QuantizeConfig(**qc), None, progress=False)
         yield name, m
+        if name == FUSION_AB:  # the same layers without the q/k/v and gate/up groups (quant/fusion.py)
+            for lin in m.arch.linears:
+                get_module(m.module, lin).unlink()
+            yield name + ", each linear alone", m
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
         module = copy.deepcopy(base.module)

@@ -2,6 +2,8 @@
 import json
 
 import pytest
+import torch
+from conftest import DATA
 
 from slimformer.data import bundled_path, read_pairs, read_sentences, read_text, resolve_data
 from slimformer.errors import DataError
@@ -66,3 +68,20 @@ def test_non_utf8(tmp_path):
     f.write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(DataError, match="UTF-8"):
         read_text(f)
+
+
+def test_whole_text_tokenization_is_remembered_but_never_stale(tiny_dir):
+    from transformers import AutoTokenizer
+
+    from slimformer.data import tokens
+    tok = AutoTokenizer.from_pretrained(tiny_dir["llama"])
+    text = (DATA / "wikitext2" / "wiki.valid.raw").read_text()[:50_000]
+    first = tokens.text_ids(tok, text)
+    assert torch.equal(first, tok(text, return_tensors="pt").input_ids[0])
+    first[0] = -1  # callers get their own copy
+    again = tokens.text_ids(AutoTokenizer.from_pretrained(tiny_dir["llama"]), text)  # a fresh load hits
+    assert torch.equal(again, tok(text, return_tensors="pt").input_ids[0])
+    tok.add_tokens([" = = "])  # a changed tokenizer is a different key
+    changed = tokens.text_ids(tok, text)
+    assert torch.equal(changed, tok(text, return_tensors="pt").input_ids[0]) and changed.numel() < again.numel()
+    assert not torch.equal(tokens.text_ids(tok, text[:-100]), changed)  # so is a changed text

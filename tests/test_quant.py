@@ -350,8 +350,62 @@ def test_granularity_auto_and_per_tensor_kernel(tiny):
     lin = get_module(enc.module, enc.arch.linears[0])
     sim = copy.deepcopy(lin)
     sim.kernel, sim._cache = "simulated", {}
+    sim.unlink()  # alone, not through the (copied) q/k/v group
     x = torch.randn(3, 7, lin.in_features)
     torch.testing.assert_close(lin(x), sim(x), rtol=1e-4, atol=1e-4)  # fbgemm: one range per call
+
+
+# ---- q/k/v and gate/up as one kernel call (fusion.py) ---------------------------------------------
+
+def _unlinked_outputs(model, x):
+    """The model's output with every layer running alone (the reference for the fused groups)."""
+    alone = copy.deepcopy(model)
+    for name in alone.arch.linears:
+        get_module(alone.module, name).unlink()
+    with torch.no_grad():
+        return alone.module(x)[0]
+
+
+@pytest.mark.parametrize("family", ["llama", "bert", "distilbert"])
+@pytest.mark.parametrize("cfg", [dict(bits=8, activations="dynamic"), dict(bits=8, activations="dynamic",
+                                 smoothquant=0.5, granularity="tensor"),
+                                 dict(bits=8, activations="static", smoothquant=0.5), dict(bits=8),
+                                 dict(bits=4, group_size=32, symmetric=False)])
+def test_shared_input_groups_compute_what_the_layers_compute_alone(tiny, family, cfg):
+    model = copy.deepcopy(tiny[family])
+    log = quantize_model(model, QuantizeConfig(**cfg), CAL, progress=False)
+    # q/k/v in every block; gate/up too where the FFN is gated
+    assert log["fused_input_groups"] == len(model.arch.blocks) * (2 if model.arch.blocks[0].ffn.gated else 1)
+    x = torch.randint(5, 300, (2, 9))
+    with torch.no_grad():
+        fused = model.module(x)[0]
+    alone = _unlinked_outputs(model, x)
+    if cfg.get("bits") == 4:  # bf16 activations: the kernel may split a wider GEMM differently
+        torch.testing.assert_close(fused, alone, rtol=1e-3, atol=1e-3)
+    else:  # integer GEMM columns are independent: exactly the same numbers
+        assert torch.equal(fused, alone)
+
+
+def test_shared_input_group_reuses_only_the_same_unchanged_input(tiny):
+    model = copy.deepcopy(tiny["llama"])
+    quantize_model(model, QuantizeConfig(bits=8, activations="dynamic"), CAL, progress=False)
+    attn = model.arch.blocks[0].attn
+    q, k, v = (get_module(model.module, n) for n in (attn.q, attn.k, attn.v))
+    alone = {n: copy.deepcopy(m) for n, m in (("q", q), ("k", k), ("v", v))}
+    for m in alone.values():
+        m.unlink()
+    calls, group = [], q._group
+    stacked = group._stacked()
+    group._stacked = lambda: (lambda x: calls.append(1) or stacked(x))  # count kernel calls
+    x = torch.randn(3, 5, q.in_features)
+    assert torch.equal(q(x), alone["q"](x)) and torch.equal(k(x), alone["k"](x))
+    assert len(calls) == 1  # k took its columns of q's call
+    x.mul_(2)  # changed in place: v must not read the stale output
+    assert torch.equal(v(x), alone["v"](x)) and len(calls) == 2
+    assert torch.equal(q(x.clone()), alone["q"](x)) and len(calls) == 3  # another tensor: computed anew
+    assert group._x is not None  # k and v have not read this one yet; after both, nothing is held
+    k(group._x), v(group._x)
+    assert group._x is None and group._y is None and len(calls) == 3
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "quantize-gptq-int4.yaml", "quantize-awq-int4.yaml",

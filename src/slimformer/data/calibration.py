@@ -15,6 +15,7 @@ from ..errors import DataError
 from ..model import Model
 from .bundled import resolve_data
 from .readers import read_sentences, read_text
+from .tokens import text_ids
 
 DEFAULT_DATA = {"causal": ("wikitext2", "validation", 64), "encoder": ("stsb", "train", 1024)}
 ENCODER_BATCH = 32
@@ -47,7 +48,7 @@ def calibration_set(model: Model, data: str | None = None, split: str | None = N
     if model.is_causal:
         seq_len = min(seq_len, model.arch.max_positions)
         model.check_seq_len(seq_len)
-        ids = model.tokenizer(read_text(path), return_tensors="pt").input_ids[0]
+        ids = text_ids(model.tokenizer, read_text(path))
         if ids.numel() <= seq_len:
             raise DataError(f"{path} has {ids.numel()} tokens, too few for one {seq_len}-token sample")
         starts = torch.randint(0, ids.numel() - seq_len, (samples,), generator=gen)

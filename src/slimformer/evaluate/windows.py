@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data.tokens import text_ids
 from ..errors import DataError
 from ..model import Model
 
@@ -10,7 +11,7 @@ from ..model import Model
 def token_windows(model: Model, text: str, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
     """Tokenize the whole text once (tokenizer defaults), cut into [n, seq_len]; the tail is dropped."""
     model.check_seq_len(seq_len)
-    ids = model.tokenizer(text, return_tensors="pt").input_ids[0]
+    ids = text_ids(model.tokenizer, text)
     n = ids.numel() // seq_len
     if max_windows is not None:
         if max_windows < 1:

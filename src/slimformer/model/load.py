@@ -74,9 +74,13 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
     arch = build_arch_map(module)
     pooling, extra = _sentence_transformers_config(folder)
     weights = [p for pat in ("*.safetensors", "*.bin") for p in folder.glob(pat)]
-    return Model(module=module, tokenizer=tokenizer, arch=arch, source=str(folder), path=folder,
-                 pooling=pooling, extra_files=extra, log=list(meta.get("stages", [])), masks=masks,
-                 source_bytes=sum(p.stat().st_size for p in weights))
+    model = Model(module=module, tokenizer=tokenizer, arch=arch, source=str(folder), path=folder,
+                  pooling=pooling, extra_files=extra, log=list(meta.get("stages", [])), masks=masks,
+                  source_bytes=sum(p.stat().st_size for p in weights))
+    if meta.get("quant"):
+        from ..quant.fusion import link_input_groups
+        link_input_groups(model)  # runtime links of q/k/v and gate/up, as after quantizing
+    return model
 
 
 def _slimformer_meta(folder: Path) -> dict:

@@ -84,13 +84,15 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128
     return GPTQResult(q.to(torch.int8), scales, zeros.to(torch.int8), info)
 
 
-def awq_loss(Ws: list[torch.Tensor], X: torch.Tensor, s: torch.Tensor, spec: QuantSpec) -> float:
-    """Output error of the linears `Ws` (sharing input X [n, in]) quantized after scaling by s."""
-    Xs = X / s[None, :]
+def awq_loss(Ws: list[torch.Tensor], G: torch.Tensor, s: torch.Tensor, spec: QuantSpec) -> float:
+    """Output error sum ||X W'^T - X W^T||^2 of the linears `Ws` sharing the input X, quantized
+    after scaling by s: the scaled layer computes (X / s) fq(W s)^T = X W'^T with W' = fq(W s) / s.
+    With E = W' - W the error is sum_rows e G e^T, G = X^T X (float64): out x in^2 operations per
+    alpha instead of tokens x in x out, the same objective."""
     total = 0.0
     for W in Ws:
-        ref = X @ W.T
-        total += float((Xs @ fake_quantize(W * s[None, :], spec).T - ref).pow(2).sum())
+        E = (fake_quantize(W * s[None, :], spec) / s[None, :] - W).double()
+        total += float(((E @ G) * E).sum())
     return total
 
 
@@ -101,12 +103,13 @@ def awq_scales(Ws: list[torch.Tensor], X: torch.Tensor, spec: QuantSpec, grid: i
     Ws = [W.float() for W in Ws]
     X = X.float()
     x_mean = X.abs().mean(0)
+    G = X.double().T @ X.double()
     losses, best = [], (float("inf"), None, 0.0)
     for k in range(grid):
         alpha = k / grid
         s = x_mean.pow(alpha).clamp(min=1e-4)
         s = s / (s.max() * s.min()).sqrt()
-        loss = awq_loss(Ws, X, s, spec)
+        loss = awq_loss(Ws, G, s, spec)
         losses.append(loss)
         if loss < best[0]:
             best = (loss, s, alpha)

@@ -57,6 +57,13 @@ class QuantLinear(nn.Module):
         self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
         self.register_buffer("act_scale", torch.ones(()) if act == "static" else None)
         self._cache: dict = {}
+        self._group, self._index = None, 0  # fusion.InputGroup: a runtime link, never saved
+
+    def link(self, group, index: int) -> None:
+        self._group, self._index = group, index
+
+    def unlink(self) -> None:
+        self._group, self._index = None, 0
 
     @classmethod
     def from_codes(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, spec: QuantSpec,
@@ -105,6 +112,8 @@ class QuantLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         self._cache = {}
+        if self._group is not None:
+            self._group.reset()
         return super()._apply(fn, recurse)
 
     def _prepared(self):
@@ -160,7 +169,9 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype is not torch.float32:  # the kernels take fp32 (int4 / int8 weight-only cast to bf16)
-            return self._prepared()(x.float()).to(x.dtype)
+            return self.forward(x.float()).to(x.dtype)
+        if self._group is not None:  # q/k/v or gate/up: one kernel call for the group (fusion.py)
+            return self._group.output(self._index, x)
         return self._prepared()(x)
 
     def _simulated(self, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module, set_module
 from ..stages import register_stage
 from .methods import awq_scales, gptq, rtn, smoothquant_scales
+from .fusion import link_input_groups
 from .modules import ACTIVATIONS, QuantLinear, real_kernel
 from .spec import QuantSpec
 
@@ -205,6 +206,7 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     elif cfg.lm_head:
         log["lm_head"] = "the model has no LM head; nothing to quantize there"
     log["kernels"] = dict(kernels)
+    log["fused_input_groups"] = link_input_groups(model)
     log["simulated"] = kernels.get("simulated", 0) > 0
     if scaling:
         log["scales"] = dict(scaling)

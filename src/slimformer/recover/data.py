@@ -20,6 +20,7 @@ import torch
 
 from ..data import read_sentences, read_text, resolve_data
 from ..data.bundled import BUNDLED
+from ..data.tokens import text_ids
 from ..errors import DataError
 from ..model import Model
 
@@ -89,7 +90,7 @@ def build_train_set(model: Model, sources: list[str], seq_len: int, holdout: int
     if model.is_causal:
         seq_len = min(seq_len, model.arch.max_positions)
         model.check_seq_len(seq_len)
-        ids = torch.cat([model.tokenizer(read_text(p), return_tensors="pt").input_ids[0] for p in paths])
+        ids = torch.cat([text_ids(model.tokenizer, read_text(p)) for p in paths])
         n = ids.numel() // seq_len
         if n <= holdout:
             raise DataError(f"the training text has {ids.numel()} tokens: {n} windows of {seq_len}, not more "

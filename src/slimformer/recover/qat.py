@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..model import Model, get_module, set_module
+from ..quant.fusion import link_input_groups
 from ..quant.modules import QuantLinear
 from ..quant.spec import group_index
 
@@ -101,3 +102,4 @@ def to_real(model: Model, names: list[str]) -> None:
     """Round the trained weights onto their grids: QuantLinear on integer kernels again."""
     for name in names:
         set_module(model.module, name, get_module(model.module, name).to_quant())
+    link_input_groups(model)

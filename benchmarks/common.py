@@ -16,6 +16,7 @@ def add_peer_arguments(p, out: str) -> None:
     p.add_argument("--peer", action="store_true", help="also run llm-compressor (pip install -e .[bench])")
     p.add_argument("--samples", type=int, default=None, help="calibration samples (default: 64 windows / 1024 sentences)")
     p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed (both tools get the same windows)")
     p.add_argument("--windows", type=int, default=64, help="perplexity windows of the test text")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=out)

@@ -92,7 +92,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     base = slimformer.load(args.model)
-    cal = {"samples": args.samples, "seq_len": args.seq_len}
+    cal = {"samples": args.samples, "seq_len": args.seq_len, "seed": args.seed}
     calib = calibration_set(base, **cal)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     rows = []

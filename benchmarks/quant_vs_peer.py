@@ -109,7 +109,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     base = slimformer.load(args.model)
-    cal = {"samples": args.samples, "seq_len": args.seq_len}
+    cal = {"samples": args.samples, "seq_len": args.seq_len, "seed": args.seed}
     calib = calibration_set(base, **cal)
     metric = metric_name(base)
     dense = quality(base, args.windows, args.seq_len)

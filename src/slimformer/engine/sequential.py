@@ -98,6 +98,8 @@ def run_sequential(model: Model, calib: CalibrationSet, rewrite: Rewrite, want: 
                 collector.close()
             logs.append(rewrite(model, blk, collector.stats))
             del collector
+            if blk is model.arch.blocks[-1]:
+                break  # nothing reads the last block's outputs
             for s in samples:  # the rewritten block's outputs feed the next block
                 _with_hidden(s, _run_block(block, s))
     finally:

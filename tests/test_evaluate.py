@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from slimformer.data import Pair, bundled_path, read_pairs, read_text
+from slimformer.data import bundled_path, read_pairs, read_text
 from slimformer.errors import ConfigValueError, DataError, UnsupportedModelError
 from slimformer.evaluate import evaluate, perplexity
 from slimformer.evaluate.fidelity import logit_fidelity

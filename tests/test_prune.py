@@ -9,7 +9,7 @@ import transformers as T
 
 from slimformer import compress, load, save
 from slimformer.data.calibration import calibration_set
-from slimformer.errors import ConfigValueError, RecipeError
+from slimformer.errors import RecipeError
 from slimformer.model import get_module
 from slimformer.prune import (PruneConfig, magnitude_mask, nm_mask, outlier_ratio, owl_sparsities,
                               prune_model, sparsegpt, wanda_mask)

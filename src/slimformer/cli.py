@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -145,7 +144,7 @@ def cmd_eval(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import api
-    from .report import (COMPARISON_HEADERS, bench_rows, comparison_rows, environment_line,
+    from .report import (bench_rows, comparison_rows, environment_line,
                          text_table)
     cfg = api.BenchConfig(threads=args.threads, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens,
                           repeats=args.repeats, decode_new_tokens=args.decode_new_tokens)

@@ -35,10 +35,12 @@ class InputGroup:
         self._version = -1
         self._pending: set[int] = set()
 
-    def __getstate__(self):  # copies get their own kernels and no cached activations
-        state = self.__dict__.copy()
-        state.update(_fused=None, _x=None, _y=None, _version=-1, _pending=set())
-        return state
+    def __getstate__(self):  # copies keep the members only: own kernels, no cached activations
+        return {"members": self.members, "bounds": self.bounds}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.reset()
 
     def _stacked(self) -> QuantLinear:
         if self._fused is None:

@@ -103,7 +103,8 @@ def awq_scales(Ws: list[torch.Tensor], X: torch.Tensor, spec: QuantSpec, grid: i
     Ws = [W.float() for W in Ws]
     X = X.float()
     x_mean = X.abs().mean(0)
-    G = X.double().T @ X.double()
+    Xd = X.double()
+    G = Xd.T @ Xd
     losses, best = [], (float("inf"), None, 0.0)
     for k in range(grid):
         alpha = k / grid

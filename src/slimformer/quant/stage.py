@@ -14,8 +14,8 @@ from ..engine import run_sequential
 from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module, set_module
 from ..stages import register_stage
-from .methods import awq_scales, gptq, rtn, smoothquant_scales
 from .fusion import link_input_groups
+from .methods import awq_scales, gptq, rtn, smoothquant_scales
 from .modules import ACTIVATIONS, QuantLinear, real_kernel
 from .spec import QuantSpec
 

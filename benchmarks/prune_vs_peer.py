@@ -47,16 +47,18 @@ def label(cfg: PruneConfig) -> str:
     return f"{cfg.method} {what}" + (" OWL" if cfg.allocation == "owl" else "")
 
 
-def run_slimformer(base, cfg: PruneConfig, cal: dict) -> tuple:
-    model = copy.deepcopy(base)
+def run_slimformer(base, cfg: PruneConfig, cal: dict, model=None) -> tuple:
+    """Prunes a copy of `base` (or `model`, a copy the caller already made)."""
+    model = model or copy.deepcopy(base)
     t0 = time.perf_counter()
     with RssPeak() as mem:
         log = prune_model(model, cfg, cal, progress=False)
     return model, time.perf_counter() - t0, mem.increase, log["sparsity_of_block_linears"]
 
 
-def run_peer(base, cfg: PruneConfig, calib) -> tuple:
-    """llm-compressor oneshot with the same method on the same windows; None if not applicable."""
+def run_peer(base, cfg: PruneConfig, calib, model=None) -> tuple:
+    """llm-compressor oneshot with the same method on the same windows (on a copy of `base`, or
+    on `model`); None if not applicable."""
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
     structure = cfg.pattern if cfg.pattern != "unstructured" else "0:0"
@@ -71,7 +73,7 @@ def run_peer(base, cfg: PruneConfig, calib) -> tuple:
     else:
         return None
     ds = peer_dataset(calib)
-    model = copy.deepcopy(base)
+    model = model or copy.deepcopy(base)
     t0 = time.perf_counter()
     with RssPeak() as mem:
         oneshot(model=model.module, dataset=ds, recipe=[modifier], num_calibration_samples=len(ds),

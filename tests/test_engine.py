@@ -8,6 +8,7 @@ import torch
 from slimformer.data.calibration import calibration_set
 from slimformer.engine import run_sequential
 from slimformer.engine.hessian import inverse_cholesky
+from slimformer.engine.stats import gram
 from slimformer.model import get_module
 
 
@@ -47,6 +48,15 @@ def test_stats_match_a_plain_forward(tiny, family):
         torch.testing.assert_close(H.double(), 2 * X.T @ X / n, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("d,chunk", [(300, 64), (1000, 128), (129, 64), (40, 128)])
+def test_gram_equals_the_full_product(d, chunk):
+    """The block-triangular x^T x (upper blocks computed, lower mirrored) is the full product,
+    including a last partial block and inputs too narrow to split."""
+    x = torch.randn(517, d, generator=torch.Generator().manual_seed(d))
+    G = gram(x, chunk)
+    torch.testing.assert_close(G.double(), x.double().T @ x.double(), rtol=1e-5, atol=1e-3)
+
+
 def test_qkv_share_one_statistics_object(tiny):
     model = copy.deepcopy(tiny["llama"])
     calib = calibration_set(model, samples=2, seq_len=16)
@@ -54,6 +64,26 @@ def test_qkv_share_one_statistics_object(tiny):
     run_sequential(model, calib, lambda m, blk, stats: seen.append(stats) or {}, {"norms"}, progress=False)
     a = model.arch.blocks[0].attn
     assert seen[0][a.q] is seen[0][a.k] is seen[0][a.v]
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_calibration_pass_stops_after_the_last_requested_input(tiny, family):
+    """The FFN down projection's input completes every statistic, so in the calibration pass the
+    projection itself never runs: it runs once per batch, in the propagation pass (and not at
+    all in the last block, which nothing reads). Asking only for q/k/v stops before o too."""
+    model = copy.deepcopy(tiny[family])
+    calib = calibration_set(model, samples=3, seq_len=16)
+    k = len(calib.batches)  # forward calls per pass
+    first, last = model.arch.blocks[0], model.arch.blocks[-1]
+    calls = {n: 0 for n in (first.ffn.down, first.attn.o, last.ffn.down)}
+    for n in calls:
+        get_module(model.module, n).register_forward_hook(lambda m, a, o, n=n: calls.__setitem__(n, calls[n] + 1))
+    run_sequential(model, calib, lambda m, b, s: {}, {"norms"}, progress=False)
+    assert calls == {first.ffn.down: k, first.attn.o: 2 * k, last.ffn.down: 0}
+    calls.update({n: 0 for n in calls})
+    run_sequential(model, calib, lambda m, b, s: {}, {"norms"}, select=lambda b: list(b.attn.inputs),
+                   progress=False)
+    assert calls == {first.ffn.down: k, first.attn.o: k, last.ffn.down: 0}
 
 
 def test_rewritten_block_feeds_the_next(tiny):

@@ -1,9 +1,10 @@
 """The sequential calibration engine: block by block, with the rewritten block feeding the next.
 
 1. Capture the inputs of block 0 for every calibration sample (a pre-hook stops the forward there).
-2. For each block: run the samples through it with hooks collecting per-linear statistics; let the
-   method rewrite the block; run the samples through the *rewritten* block; its outputs are the
-   next block's inputs. Only one block's activations are held at a time.
+2. For each block: run the samples through it with hooks collecting per-linear statistics (the
+   pass stops as soon as every requested input is seen); let the method rewrite the block; run
+   the samples through the *rewritten* block; its outputs are the next block's inputs. Only one
+   block's activations are held at a time.
 Works through the ArchMap only: no per-family code.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data.calibration import CalibrationSet
 from ..model import BlockMap, Model, get_module
-from .stats import LinearStats, StatsCollector
+from .stats import LinearStats, PassComplete, StatsCollector
 
 # rewrite(model, block, stats) -> log dict for this block
 Rewrite = Callable[[Model, BlockMap, dict[str, LinearStats]], dict]
@@ -92,8 +93,11 @@ def run_sequential(model: Model, calib: CalibrationSet, rewrite: Rewrite, want: 
             collector = StatsCollector(model.module, groups, want)
             try:
                 for s in samples:
-                    collector.set_token_mask(s.token_mask)
-                    _run_block(block, s)
+                    collector.start_sample(s.token_mask)
+                    try:
+                        _run_block(block, s)
+                    except PassComplete:
+                        pass
             finally:
                 collector.close()
             logs.append(rewrite(model, blk, collector.stats))

@@ -56,7 +56,7 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, 
             w = W1[:, i]
             q = torch.where(keep[:, b0 + i], w, torch.zeros_like(w))
             e = (w - q) / d[i]
-            W1[:, i:] -= e[:, None] * U1[i, i:][None, :]
+            W1[:, i:].addr_(e, U1[i, i:], alpha=-1)  # rank-1 OBS update, in place
             W1[:, i] = q
             err1[:, i] = e
         W[:, b0:b1] = W1

@@ -73,7 +73,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128
             if keep_p is not None:
                 deq = deq * keep_p[:, b0 + i]
             e = (w - deq) / U1[i, i]
-            W1[:, i:] -= e[:, None] * U1[i, i:][None, :]
+            W1[:, i:].addr_(e, U1[i, i:], alpha=-1)  # rank-1 OBS update, in place
             Q[:, b0 + i] = deq
             err1[:, i] = e
         Wp[:, b1:] -= err1 @ U[b0:b1, b1:]

@@ -12,14 +12,19 @@ import slimformer
 
 def add_peer_arguments(p, out: str) -> None:
     """The options every peer comparison takes besides its runs: model, calibration, protocol."""
-    p.add_argument("--model", default="smollm2")
     p.add_argument("--peer", action="store_true", help="also run llm-compressor (pip install -e .[bench])")
+    add_calibration_arguments(p)
+    p.add_argument("--out", default=out)
+
+
+def add_calibration_arguments(p) -> None:
+    """Model, calibration windows and seed, evaluation windows, threads."""
+    p.add_argument("--model", default="smollm2")
     p.add_argument("--samples", type=int, default=None, help="calibration samples (default: 64 windows / 1024 sentences)")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed (both tools get the same windows)")
     p.add_argument("--windows", type=int, default=64, help="perplexity windows of the test text")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=out)
 
 
 def quality(model, windows: int, seq_len: int = 1024) -> float:

@@ -25,7 +25,7 @@ from slimformer.prune import stage as prune_stage
 from slimformer.prune.masks import parse_pattern
 from slimformer.prune.methods import wanda_score
 
-from common import quality
+from common import add_calibration_arguments, quality
 from prune_vs_peer import label, parse_run, run_peer, run_slimformer
 
 
@@ -54,13 +54,8 @@ def _widest_gap(score: torch.Tensor, differs: torch.Tensor, nm: tuple[int, int])
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="smollm2")
+    add_calibration_arguments(p)
     p.add_argument("--run", default="wanda:2:4")
-    p.add_argument("--samples", type=int, default=None, help="calibration windows (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--windows", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,8 +7,10 @@ import torch
 
 from slimformer.data.calibration import calibration_set
 from slimformer.engine import run_sequential
+from slimformer.engine.sequential import _share_repeats, capture_block_inputs
 from slimformer.engine.hessian import inverse_cholesky
 from slimformer.engine.stats import gram
+from slimformer.heap import release_free_heap
 from slimformer.model import get_module
 
 
@@ -136,3 +138,43 @@ def test_calibration_never_uses_test_split(tiny):
     from slimformer.errors import DataError
     with pytest.raises(DataError, match="test split"):
         calibration_set(tiny["llama"], split="test")
+
+
+def test_retried_dampening_is_what_the_factor_inverts():
+    """After retries, U^T U is the inverse of H + rel * mean(diag H) * I for the reported rel,
+    whether H is copied or (float64, overwrite=True) damped in place."""
+    torch.manual_seed(1)
+    X = torch.randn(3, 6, dtype=torch.float64)
+    H = X.T @ X - 0.05 * torch.eye(6, dtype=torch.float64)  # indefinite: the first tries fail
+    for overwrite in (False, True):
+        U, info = inverse_cholesky(H.clone(), torch.randn(2, 6), damp=1e-4, overwrite=overwrite)
+        assert info.retries > 0
+        damped = H + info.damp * H.diagonal().mean() * torch.eye(6, dtype=torch.float64)
+        torch.testing.assert_close((U.double().T @ U.double()) @ damped, torch.eye(6, dtype=torch.float64),
+                                   rtol=0, atol=1e-4)
+    H64 = H.clone()
+    inverse_cholesky(H64, torch.randn(2, 6), damp=1e-4, overwrite=False)
+    assert torch.equal(H64, H)  # not overwritten unless asked
+
+
+def test_captured_samples_share_identical_side_inputs(tiny):
+    """Rotary tables and the like, equal for every window, are held once; hidden states are not
+    shared, and a side input that differs between windows stays per window."""
+    model = copy.deepcopy(tiny["llama"])
+    calib = calibration_set(model, samples=4, seq_len=16)
+    samples = capture_block_inputs(model, calib)
+    assert len(samples) == len(calib.batches) > 1
+    cos = [s.kwargs["position_embeddings"][0] for s in samples]
+    assert all(c is cos[0] for c in cos)
+    hidden = [s.args[0] if s.args else s.kwargs["hidden_states"] for s in samples]
+    assert len({id(h) for h in hidden}) == len(hidden)
+    prev = (torch.arange(4.0), torch.zeros(3), torch.ones(2))
+    now = (torch.arange(4.0), torch.ones(3), torch.ones(2, dtype=torch.float64))
+    shared = _share_repeats(now, prev)
+    assert shared[0] is prev[0] and shared[1] is now[1] and shared[2] is now[2]  # value, dtype differ
+
+
+def test_release_free_heap_runs_on_glibc():
+    import platform
+    ran = release_free_heap()
+    assert ran or platform.libc_ver()[0] != "glibc"

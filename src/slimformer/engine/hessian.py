@@ -19,21 +19,29 @@ class HessianInfo:
     dead_channels: int
 
 
-def inverse_cholesky(H: torch.Tensor, W: torch.Tensor, damp: float = 0.01,
-                     max_retries: int = 6) -> tuple[torch.Tensor, HessianInfo]:
-    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U); zeroes W's dead columns in place."""
-    H = H.clone().double()
+def inverse_cholesky(H: torch.Tensor, W: torch.Tensor, damp: float = 0.01, max_retries: int = 6,
+                     overwrite: bool = False) -> tuple[torch.Tensor, HessianInfo]:
+    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U); zeroes W's dead columns in place.
+
+    overwrite=True lets a float64 H be damped in place (the caller's fresh copy), so at most
+    three [in, in] float64 buffers exist at once: H, its factor, and the inverse.
+    """
+    H = H.to(torch.float64, copy=not overwrite)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0
-    mean_diag = torch.diag(H).mean()
-    eye = torch.eye(H.shape[0], dtype=H.dtype)
-    rel = damp
+    diag = H.diagonal()
+    mean_diag = float(diag.mean())
+    rel, added = damp, 0.0
     for attempt in range(max_retries + 1):
-        L, info = torch.linalg.cholesky_ex(H + rel * mean_diag * eye)
+        diag.add_(rel * mean_diag - added)
+        added = rel * mean_diag
+        L, info = torch.linalg.cholesky_ex(H)
         if int(info) == 0:
             Hinv = torch.cholesky_inverse(L)
+            del L
             U, info2 = torch.linalg.cholesky_ex(Hinv, upper=True)
+            del Hinv
             if int(info2) == 0:
                 return U.float(), HessianInfo(rel, attempt, int(dead.sum()))
         rel *= 10

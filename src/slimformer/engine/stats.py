@@ -62,8 +62,9 @@ class LinearStats:
             m = x.double().sum(0)
             self.sum = m if self.sum is None else self.sum + m
         if "hessian" in self.want:
-            h = gram(x).double()
-            self.xtx = h if self.xtx is None else self.xtx + h
+            if self.xtx is None:
+                self.xtx = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+            self.xtx.add_(gram(x))  # float32 product summed into float64 in place: no per-window copies
         if "absmax" in self.want:
             a = x.abs().amax(0)
             self.absmax = a if self.absmax is None else torch.maximum(self.absmax, a)
@@ -93,9 +94,9 @@ class LinearStats:
         mean = self.sum / n
         return (self.sq_sum.double() / n - mean.pow(2)).clamp_min(0).float()
 
-    def hessian(self) -> torch.Tensor:
-        """H = 2/n X^T X (float32), the layer-wise reconstruction Hessian of SparseGPT / GPTQ."""
-        return (self.xtx * (2.0 / max(self.n, 1))).float()
+    def hessian(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """H = 2/n X^T X (a fresh tensor), the layer-wise reconstruction Hessian of SparseGPT / GPTQ."""
+        return (self.xtx * (2.0 / max(self.n, 1))).to(dtype)
 
 
 class PassComplete(Exception):

@@ -33,11 +33,13 @@ def wanda_mask(W: torch.Tensor, norms: torch.Tensor, sparsity: float,
 
 @torch.no_grad()
 def sparsegpt(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,
-              blocksize: int = 128, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, HessianInfo]:
-    """Returns (pruned and updated W, keep mask, Hessian info); W is not modified."""
+              blocksize: int = 128, damp: float = 0.01,
+              overwrite_h: bool = False) -> tuple[torch.Tensor, torch.Tensor, HessianInfo]:
+    """Returns (pruned and updated W, keep mask, Hessian info); W is not modified, nor is H
+    unless overwrite_h (then a float64 H is damped in place, saving one [in, in] copy)."""
     W = W.detach().clone().float()
     rows, cols = W.shape
-    U, info = inverse_cholesky(H, W, damp)
+    U, info = inverse_cholesky(H, W, damp, overwrite=overwrite_h)
     keep = torch.ones_like(W, dtype=torch.bool)
     if nm and blocksize % nm[1]:
         blocksize = max(nm[1], blocksize - blocksize % nm[1])

@@ -4,10 +4,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import torch
 
 from ..data.calibration import calibration_set
 from ..engine import run_sequential
 from ..errors import ConfigValueError
+from ..heap import release_free_heap
 from ..model import BlockMap, Model, get_module
 from ..stages import register_stage
 from .masks import parse_pattern
@@ -94,7 +96,9 @@ def prune_model(model: Model, cfg: PruneConfig, calibration: dict | None = None,
                 keep = wanda_mask(W, stats[name].norms, s, nm)
                 new = W * keep
             else:
-                new, keep, info = sparsegpt(W, stats[name].hessian(), s, nm, cfg.blocksize, cfg.damp)
+                new, keep, info = sparsegpt(W, stats[name].hessian(torch.float64), s, nm, cfg.blocksize,
+                                            cfg.damp, overwrite_h=True)
+                release_free_heap()  # the inverse Hessian's float64 buffers (18 MiB each for 1536 wide)
                 if info.retries or info.dead_channels:
                     hessian_notes.append(f"{name}: damp {info.damp:g} after {info.retries} retries, "
                                          f"{info.dead_channels} dead input channels")

@@ -4,7 +4,9 @@
 2. For each block: run the samples through it with hooks collecting per-linear statistics (the
    pass stops as soon as every requested input is seen); let the method rewrite the block; run
    the samples through the *rewritten* block; its outputs are the next block's inputs. Only one
-   block's activations are held at a time.
+   block's activations are held at a time; side inputs equal for every sample (rotary tables)
+   are held once, and freed heap is returned to the OS between blocks and every TRIM_EVERY
+   samples (heap.py), so the stage's resident memory follows its live tensors.
 Works through the ArchMap only: no per-family code.
 """
 from __future__ import annotations
@@ -16,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.calibration import CalibrationSet
-from ..model import BlockMap, Model, get_module
 from ..heap import release_free_heap
+from ..model import BlockMap, Model, get_module
 from .stats import LinearStats, PassComplete, StatsCollector
 
 TRIM_EVERY = 8  # samples between returns of freed heap to the OS (see heap.py)

@@ -1,4 +1,4 @@
-"""Giving freed heap memory back to the operating system between blocks.
+"""Giving freed heap memory back to the operating system (between blocks, after Hessian inversions).
 
 The engine allocates and frees many same-sized multi-megabyte tensors per block (activations,
 per-window Gram products, Hessian factorizations). glibc's malloc raises its mmap threshold

@@ -9,7 +9,6 @@ import torch
 from ..data.calibration import calibration_set
 from ..engine import run_sequential
 from ..errors import ConfigValueError
-from ..heap import release_free_heap
 from ..model import BlockMap, Model, get_module
 from ..stages import register_stage
 from .masks import parse_pattern
@@ -98,7 +97,6 @@ def prune_model(model: Model, cfg: PruneConfig, calibration: dict | None = None,
             else:
                 new, keep, info = sparsegpt(W, stats[name].hessian(torch.float64), s, nm, cfg.blocksize,
                                             cfg.damp, overwrite_h=True)
-                release_free_heap()  # the inverse Hessian's float64 buffers (18 MiB each for 1536 wide)
                 if info.retries or info.dead_channels:
                     hessian_notes.append(f"{name}: damp {info.damp:g} after {info.retries} retries, "
                                          f"{info.dead_channels} dead input channels")

@@ -12,7 +12,6 @@ from torch import nn
 from ..data.calibration import calibration_set
 from ..engine import run_sequential
 from ..errors import ConfigValueError
-from ..heap import release_free_heap
 from ..model import BlockMap, Model, get_module, set_module
 from ..stages import register_stage
 from .fusion import link_input_groups
@@ -135,7 +134,6 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
             if input_scale is not None:  # the layer now sees x * input_scale
                 H = H * input_scale[:, None] * input_scale[None, :]
             res = gptq(W, H, spec, cfg.blocksize, cfg.damp, cfg.act_order, model.masks.get(name))
-            release_free_heap()  # the inverse Hessian's float64 buffers
             q, scales, zeros = res.q, res.scales, res.zeros
             if res.info.retries or res.info.dead_channels:
                 notes.append(f"{name}: damp {res.info.damp:g} after {res.info.retries} retries, "

@@ -11,6 +11,7 @@ from slimformer import compress, load, save
 from slimformer.data.calibration import calibration_set
 from slimformer.errors import RecipeError
 from slimformer.model import get_module
+from slimformer.model.masks import MaskStore, pack_bits, unpack_bits
 from slimformer.prune import (PruneConfig, magnitude_mask, nm_mask, outlier_ratio, owl_sparsities,
                               prune_model, sparsegpt, wanda_mask)
 from slimformer.recipe import parse_recipe
@@ -173,6 +174,32 @@ def test_masks_survive_training_steps(tiny):
     model.apply_masks()
     for name, keep in model.masks.items():
         assert bool((get_module(model.module, name).weight[~keep] == 0).all())
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (8, 16), (1, 1), (2, 3, 7)])
+def test_mask_bits_follow_the_documented_order(shape):
+    """Element k of the flattened mask is bit k % 8 of byte k // 8 (the layout sparse_io stores)."""
+    keep = torch.rand(shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    packed = pack_bits(keep)
+    flat = keep.reshape(-1).tolist()
+    expected = [sum(1 << j for j in range(8) if 8 * i + j < len(flat) and flat[8 * i + j])
+                for i in range((len(flat) + 7) // 8)]
+    assert packed.dtype == torch.uint8 and packed.tolist() == expected
+    assert torch.equal(unpack_bits(packed, shape), keep)
+
+
+def test_pruned_model_holds_its_masks_one_bit_per_weight(tiny):
+    model = copy.deepcopy(tiny["llama"])
+    prune_model(model, PruneConfig(method="wanda", pattern="2:4"), CAL, progress=False)
+    assert isinstance(model.masks, MaskStore)
+    numels = [get_module(model.module, n).weight.numel() for n in model.masks]
+    assert model.masks.nbytes() == sum((n + 7) // 8 for n in numels)
+    name = next(iter(model.masks))
+    keep = model.masks[name]
+    assert keep.dtype == torch.bool and keep.shape == get_module(model.module, name).weight.shape
+    with pytest.raises(TypeError, match="bool tensor"):
+        model.masks[name] = keep.float()
+    assert isinstance(copy.deepcopy(model).masks, MaskStore)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "distilbert"])

@@ -326,6 +326,7 @@ def test_trim_keeps_pruning_masks_in_step(tiny):
     prune_model(model, PruneConfig(method="magnitude", sparsity=0.5), progress=False)
     trim_model(model, TrimConfig(ffn=0.25, layers=1, score="magnitude", compensate="none",
                                  layer_score="block_influence"), CAL, progress=False)
+    assert type(model.masks).__name__ == "MaskStore" and len(model.masks) == len(model.arch.linears)
     for name, keep in model.masks.items():
         W = get_module(model.module, name).weight
         assert keep.shape == W.shape and bool((W[~keep] == 0).all())

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import ConfigValueError
 from .arch import ArchMap
+from .masks import MaskStore
 
 
 @dataclass
@@ -29,9 +30,13 @@ class Model:
     pooling: Pooling = field(default_factory=Pooling)
     extra_files: dict[str, bytes] = field(default_factory=dict)  # e.g. sentence-transformers configs
     log: list[dict] = field(default_factory=list)  # one entry per stage applied
-    masks: dict = field(default_factory=dict)  # linear name -> bool keep-mask (pruned weights stay 0)
+    masks: MaskStore = field(default_factory=MaskStore)  # linear name -> bool keep-mask, bit-packed
     source_bytes: int | None = None  # size on disk of what was loaded (weight files, or the .gguf)
     runtime: str = "torch"  # "onnxruntime" / "llama.cpp": module is a runtime adapter (runtime/)
+
+    def __post_init__(self):
+        if not isinstance(self.masks, MaskStore):  # a plain dict of bool masks (load, tests)
+            self.masks = MaskStore(self.masks)
 
     @property
     def kind(self) -> str:

@@ -12,30 +12,26 @@ from __future__ import annotations
 
 import torch
 
+from .masks import pack_bits, unpack_bits
+
 FORMAT = "bitmask-v1"
 SUFFIXES = (".__bitmask", ".__values", ".__shape")
-_BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 
 
 def pack(name: str, weight: torch.Tensor, keep: torch.Tensor) -> dict[str, torch.Tensor]:
-    flat = keep.reshape(-1)
-    pad = (-flat.numel()) % 8
-    bits = torch.cat([flat, flat.new_zeros(pad)]).view(-1, 8).to(torch.uint8)
-    return {f"{name}.__bitmask": (bits * _BITS).sum(1, dtype=torch.uint8),
-            f"{name}.__values": weight.reshape(-1)[flat].contiguous(),
+    return {f"{name}.__bitmask": pack_bits(keep),
+            f"{name}.__values": weight.reshape(-1)[keep.reshape(-1)].contiguous(),
             f"{name}.__shape": torch.tensor(list(weight.shape), dtype=torch.int64)}
 
 
 def unpack(name: str, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(dense weight, keep-mask) from the three stored tensors."""
     shape = tuple(tensors[f"{name}.__shape"].tolist())
-    numel = shape[0] * shape[1]
-    packed = tensors[f"{name}.__bitmask"]
-    keep = ((packed[:, None] & _BITS[None, :]) != 0).reshape(-1)[:numel]
+    keep = unpack_bits(tensors[f"{name}.__bitmask"], shape)
     values = tensors[f"{name}.__values"]
-    dense = torch.zeros(numel, dtype=values.dtype)
+    dense = torch.zeros(shape, dtype=values.dtype)
     dense[keep] = values
-    return dense.view(shape), keep.view(shape)
+    return dense, keep
 
 
 def packed_names(keys) -> list[str]:

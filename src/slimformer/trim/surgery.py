@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module, set_module
 from ..model.families import ATTENTION_SETTERS, build_arch_map
+from ..model.masks import MaskStore
 
 
 def _plain(model: Model, name: str) -> nn.Linear:
@@ -133,7 +134,7 @@ def drop_blocks(model: Model, drop: list[int]) -> None:
             if hasattr(mod, "layer_idx"):
                 mod.layer_idx = new_i
         renames[f"{container_name}.{old_i}."] = f"{container_name}.{new_i}."
-    masks = {}
+    masks = MaskStore()
     for name, keep in model.masks.items():
         for old, new in renames.items():
             if name.startswith(old):

@@ -9,7 +9,7 @@ from slimformer.data.calibration import calibration_set
 from slimformer.engine import run_sequential
 from slimformer.engine.sequential import _share_repeats, capture_block_inputs
 from slimformer.engine.hessian import inverse_cholesky
-from slimformer.engine.stats import gram
+from slimformer.engine.stats import LinearStats, gram
 from slimformer.heap import release_free_heap
 from slimformer.model import get_module
 
@@ -155,6 +155,44 @@ def test_retried_dampening_is_what_the_factor_inverts():
     H64 = H.clone()
     inverse_cholesky(H64, torch.randn(2, 6), damp=1e-4, overwrite=False)
     assert torch.equal(H64, H)  # not overwritten unless asked
+
+
+def test_failed_second_factorization_recovers_the_overwritten_hessian(monkeypatch):
+    """With overwrite=True H's buffer holds H^-1 once the first factorization succeeds; if the
+    factorization of H^-1 then fails, the damped H is recovered from it and damped further."""
+    torch.manual_seed(2)
+    X = torch.randn(40, 6, dtype=torch.float64)
+    H = X.T @ X / 40
+    real = torch.linalg.cholesky_ex
+    calls = {"upper": 0}
+
+    def flaky(A, upper=False, **kw):
+        L, info = real(A, upper=upper, **kw)
+        if upper:
+            calls["upper"] += 1
+            if calls["upper"] == 1:  # the first factor of H^-1 "fails"
+                return L, torch.ones_like(info)
+        return L, info
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", flaky)
+    for overwrite in (True, False):
+        calls["upper"] = 0
+        buf = H.clone()
+        U, info = inverse_cholesky(buf, torch.randn(2, 6), damp=0.01, overwrite=overwrite)
+        assert info.retries == 1 and info.damp == pytest.approx(0.1)
+        damped = H + 0.1 * H.diagonal().mean() * torch.eye(6, dtype=torch.float64)
+        torch.testing.assert_close((U.double().T @ U.double()) @ damped, torch.eye(6, dtype=torch.float64),
+                                   rtol=0, atol=1e-5)
+
+
+def test_released_hessian_is_the_same_values_without_a_copy():
+    stats = LinearStats(frozenset({"hessian"}))
+    for _ in range(3):
+        stats.update(torch.randn(7, 5))
+    fresh = stats.hessian(torch.float64)
+    buffer = stats.xtx.data_ptr()
+    taken = stats.hessian(torch.float64, release=True)
+    assert torch.equal(taken, fresh) and taken.data_ptr() == buffer and stats.xtx is None
 
 
 def test_captured_samples_share_identical_side_inputs(tiny):

@@ -9,6 +9,7 @@ import transformers as T
 
 from slimformer import compress, load, save
 from slimformer.data.calibration import calibration_set
+from slimformer.engine.stats import LinearStats
 from slimformer.errors import RecipeError
 from slimformer.model import get_module
 from slimformer.model.masks import MaskStore, pack_bits, unpack_bits
@@ -146,6 +147,32 @@ def test_wanda_stage_uses_block0_dense_inputs(tiny):
     expected = wanda_mask(get_module(model.module, q).weight, norms, 0.5)
     prune_model(model, PruneConfig(method="wanda"), CAL, progress=False)
     assert torch.equal(model.masks[q], expected)
+
+
+def test_sparsegpt_stage_equals_the_pure_function_on_block0(tiny):
+    """The stage hands its Hessian buffers over (released statistics, H overwritten by its
+    inverse, U-only solve); the result is bit for bit sparsegpt() on the same statistics."""
+    model = copy.deepcopy(tiny["llama"])
+    calib = calibration_set(model, **CAL)
+    blk = model.arch.blocks[0]
+    stats = {}
+    hooks = []
+    for group in blk.input_groups:
+        shared = LinearStats(frozenset({"hessian"}))
+        stats.update({n: shared for n in group})
+        hooks.append(get_module(model.module, group[0]).register_forward_pre_hook(
+            lambda m, a, st=shared: st.update(a[0])))
+    with torch.no_grad():
+        for b in calib.batches:
+            model.module(**b)
+    for h in hooks:
+        h.remove()
+    expected = {n: sparsegpt(get_module(model.module, n).weight, stats[n].hessian(torch.float64), 0.5)
+                for n in blk.linears}
+    prune_model(model, PruneConfig(method="sparsegpt"), CAL, progress=False)
+    for name, (W, keep, _) in expected.items():
+        assert torch.equal(model.masks[name], keep), name
+        assert torch.equal(get_module(model.module, name).weight, W), name
 
 
 def test_owl_stage_reaches_the_same_total(tiny):

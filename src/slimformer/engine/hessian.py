@@ -25,27 +25,34 @@ def inverse_cholesky(H: torch.Tensor, W: torch.Tensor, damp: float = 0.01, max_r
                      overwrite: bool = False) -> tuple[torch.Tensor, HessianInfo]:
     """Upper Cholesky factor U of H^-1 (H^-1 = U^T U); zeroes W's dead columns in place.
 
-    overwrite=True lets a float64 H be damped in place (the caller's fresh copy), so at most
-    three [in, in] float64 buffers exist at once: H, its factor, and the inverse.
+    overwrite=True hands a float64 H over: it is damped in place and then overwritten by H^-1,
+    so at most two [in, in] float64 buffers exist at once (H / H^-1 and the factor; 18 MiB each
+    at 1536 wide). Pass it as a temporary (`inverse_cholesky(stats.hessian(...), ...)`) so that
+    nothing else keeps the buffer alive after the call.
     """
     H = H.to(torch.float64, copy=not overwrite)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0
-    diag = H.diagonal()
-    mean_diag = float(diag.mean())
+    mean_diag = float(H.diagonal().mean())
     rel, added = damp, 0.0
     for attempt in range(max_retries + 1):
-        diag.add_(rel * mean_diag - added)
+        H.diagonal().add_(rel * mean_diag - added)
         added = rel * mean_diag
         L, info = torch.linalg.cholesky_ex(H)
         if int(info) == 0:
-            Hinv = torch.cholesky_inverse(L)
+            # H^-1 written over H when it was handed over (the same values as a fresh tensor)
+            Hinv = torch.cholesky_inverse(L, out=H) if overwrite else torch.cholesky_inverse(L)
             del L
             U, info2 = torch.linalg.cholesky_ex(Hinv, upper=True)
-            del Hinv
-            release_free_heap()  # the factor's and inverse's float64 buffers (18 MiB each at 1536 wide)
             if int(info2) == 0:
+                del Hinv, H
+                release_free_heap()  # the factor's and inverse's float64 buffers
                 return U.float(), HessianInfo(rel, attempt, int(dead.sum()))
+            del U
+            if overwrite:  # H was overwritten: recover the damped H to damp it further
+                H = torch.linalg.inv(Hinv)
+                H = (H + H.T).mul_(0.5)
+            del Hinv
         rel *= 10
     raise FloatingPointError(f"Hessian not positive definite even with dampening {rel / 10:g}")

@@ -94,8 +94,13 @@ class LinearStats:
         mean = self.sum / n
         return (self.sq_sum.double() / n - mean.pow(2)).clamp_min(0).float()
 
-    def hessian(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """H = 2/n X^T X (a fresh tensor), the layer-wise reconstruction Hessian of SparseGPT / GPTQ."""
+    def hessian(self, dtype: torch.dtype = torch.float32, release: bool = False) -> torch.Tensor:
+        """H = 2/n X^T X (a fresh tensor), the layer-wise reconstruction Hessian of SparseGPT / GPTQ.
+        release=True is for the sum's last reader: the float64 sum is scaled in place and handed
+        over (the same values, no copy), and these statistics hold no Hessian afterwards."""
+        if release:
+            xtx, self.xtx = self.xtx, None
+            return xtx.mul_(2.0 / max(self.n, 1)).to(dtype)
         return (self.xtx * (2.0 / max(self.n, 1))).to(dtype)
 
 

@@ -36,10 +36,20 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, 
               blocksize: int = 128, damp: float = 0.01,
               overwrite_h: bool = False) -> tuple[torch.Tensor, torch.Tensor, HessianInfo]:
     """Returns (pruned and updated W, keep mask, Hessian info); W is not modified, nor is H
-    unless overwrite_h (then a float64 H is damped in place, saving one [in, in] copy)."""
+    unless overwrite_h (then a float64 H is damped in place and overwritten by its inverse)."""
     W = W.detach().clone().float()
-    rows, cols = W.shape
     U, info = inverse_cholesky(H, W, damp, overwrite=overwrite_h)
+    keep = sparsegpt_solve(W, U, sparsity, nm, blocksize)
+    return W, keep, info
+
+
+@torch.no_grad()
+def sparsegpt_solve(W: torch.Tensor, U: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,
+                    blocksize: int = 128) -> torch.Tensor:
+    """SparseGPT on a float32 W (pruned and updated in place) given U, the upper Cholesky factor of
+    the damped H^-1 (`inverse_cholesky`, which also zeroes W's dead columns). Returns the keep
+    mask. The prune stage calls it directly so that H is freed before the solve starts."""
+    rows, cols = W.shape
     keep = torch.ones_like(W, dtype=torch.bool)
     if nm and blocksize % nm[1]:
         blocksize = max(nm[1], blocksize - blocksize % nm[1])
@@ -64,4 +74,4 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, 
         W[:, b0:b1] = W1
         W[:, b1:] -= err1 @ U[b0:b1, b1:]
     W[~keep] = 0
-    return W, keep, info
+    return keep

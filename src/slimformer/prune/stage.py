@@ -8,11 +8,12 @@ import torch
 
 from ..data.calibration import calibration_set
 from ..engine import run_sequential
+from ..engine.hessian import inverse_cholesky
 from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module
 from ..stages import register_stage
 from .masks import parse_pattern
-from .methods import magnitude_mask, sparsegpt, wanda_mask
+from .methods import magnitude_mask, sparsegpt_solve, wanda_mask
 from .owl import outlier_ratio, owl_sparsities
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -84,7 +85,10 @@ def prune_model(model: Model, cfg: PruneConfig, calibration: dict | None = None,
     hessian_notes: list[str] = []
 
     def prune_block(model: Model, blk: BlockMap, stats) -> dict:
-        for name in _selected(cfg, blk):
+        names = _selected(cfg, blk)
+        # q/k/v (gate/up) share one statistics object: its last reader takes the Hessian buffer
+        last_reader = {id(stats[n]): n for n in names} if stats else {}
+        for name in names:
             lin = get_module(model.module, name)
             W = lin.weight.data
             s = _sparsity_for(cfg, name, block_sparsity[blk.index])
@@ -95,8 +99,14 @@ def prune_model(model: Model, cfg: PruneConfig, calibration: dict | None = None,
                 keep = wanda_mask(W, stats[name].norms, s, nm)
                 new = W * keep
             else:
-                new, keep, info = sparsegpt(W, stats[name].hessian(torch.float64), s, nm, cfg.blocksize,
-                                            cfg.damp, overwrite_h=True)
+                new = W.detach().clone().float()
+                # H goes in as a temporary and is freed when the factor is out: the solve runs
+                # with U and W only (at 1536 inputs H, its factor, inverse and copy were 72 MiB)
+                release = last_reader[id(stats[name])] == name
+                U, info = inverse_cholesky(stats[name].hessian(torch.float64, release=release), new,
+                                           cfg.damp, overwrite=True)
+                keep = sparsegpt_solve(new, U, s, nm, cfg.blocksize)
+                del U
                 if info.retries or info.dead_channels:
                     hessian_notes.append(f"{name}: damp {info.damp:g} after {info.retries} retries, "
                                          f"{info.dead_channels} dead input channels")

@@ -67,9 +67,6 @@ class MaskStore(MutableMapping):
     def __len__(self) -> int:
         return len(self._packed)
 
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self._packed[name][1]
-
     def nbytes(self) -> int:
         """Bytes the store holds (the packed bits)."""
         return sum(packed.numel() for packed, _ in self._packed.values())

@@ -17,12 +17,14 @@ import torch
 import slimformer
 from slimformer.bench.env import environment
 from slimformer.engine import sequential, stats
-from slimformer.prune import methods, prune_model, stage
+from slimformer.prune import prune_model, stage
 
 from common import add_calibration_arguments, append_row
 from prune_vs_peer import label, parse_run
 
 SECONDS: dict[str, float] = collections.defaultdict(float)
+FORWARDS = "block forwards (incl. X^T X / norms hooks)"
+GRAM = "X^T X (inside the forwards)"
 
 
 def timed(key: str, fn):
@@ -37,13 +39,13 @@ def timed(key: str, fn):
 
 def install() -> None:
     """Wrap the phases where the stage looks them up (module attributes, read at call time)."""
-    sequential._run_block = timed("block forwards (incl. X^T X / norms hooks)", sequential._run_block)
+    sequential._run_block = timed(FORWARDS, sequential._run_block)
     sequential.capture_block_inputs = timed("capture block-0 inputs", sequential.capture_block_inputs)
     sequential.release_free_heap = timed("heap release (engine)", sequential.release_free_heap)
-    stats.gram = timed("X^T X (inside the forwards)", stats.gram)
+    stats.gram = timed(GRAM, stats.gram)
     stage.inverse_cholesky = timed("Hessian inversion", stage.inverse_cholesky)
     stage.sparsegpt_solve = timed("SparseGPT solve", stage.sparsegpt_solve)
-    stage.wanda_mask = timed("Wanda mask", methods.wanda_mask)
+    stage.wanda_mask = timed("Wanda mask", stage.wanda_mask)
 
 
 def main() -> None:
@@ -68,7 +70,7 @@ def main() -> None:
         print("| phase | seconds | share |\n| --- | --- | --- |")
         for key, sec in sorted(SECONDS.items(), key=lambda kv: -kv[1]):
             print(f"| {key} | {sec:.1f} | {sec / total:.0%} |")
-        forwards = SECONDS["block forwards (incl. X^T X / norms hooks)"] - SECONDS["X^T X (inside the forwards)"]
+        forwards = SECONDS[FORWARDS] - SECONDS[GRAM]
         print(f"| block forwards without X^T X | {forwards:.1f} | {forwards / total:.0%} |")
         append_row(args.out, {"run": text, "model": args.model, "calibration": cal, "total_s": total,
                               "phases_s": dict(SECONDS), "threads": torch.get_num_threads(),

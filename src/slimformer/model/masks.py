@@ -11,6 +11,7 @@ bit (k % 8) of byte k // 8, least significant bit first.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import MutableMapping
 
 import torch
@@ -30,9 +31,7 @@ def pack_bits(keep: torch.Tensor) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
     """The bool tensor of `shape` that `pack_bits` packed."""
-    numel = 1
-    for size in shape:
-        numel *= int(size)
+    numel = math.prod(shape)
     if packed.numel() * 8 < numel:
         raise ValueError(f"{packed.numel()} packed bytes cannot hold a mask of shape {tuple(shape)}")
     bits = (packed[:, None] & _BITS.to(packed.device)[None, :]) != 0

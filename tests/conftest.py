@@ -8,11 +8,13 @@ import pytest
 import torch
 import transformers as T
 
+from slimformer.data import data_root
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 T.utils.logging.set_verbosity_error()
 T.utils.logging.disable_progress_bar()
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = data_root()  # the bundled sets (package data: src/slimformer/data/sets)
 VOCAB = 384
 POSITIONS = 128
 

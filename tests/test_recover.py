@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from slimformer.data import bundled_path
 from slimformer.errors import ConfigValueError, RecipeError, SlimformerError
 from slimformer.prune.stage import PruneConfig, prune_model
 from slimformer.quant.modules import QuantLinear
@@ -165,7 +166,7 @@ def _peaked(tiny, family="llama"):
 def test_quantized_model_retrains_as_fake_quant_and_returns_to_integer_kernels(tiny, tmp_path):
     original = _peaked(tiny)
     text = tmp_path / "few.txt"  # a few windows, seen many times: the KL on them must fall
-    text.write_text((Path(__file__).resolve().parents[1] / "data/wikitext2/wiki.valid.raw").read_text()[:3000])
+    text.write_text(bundled_path("wikitext2", "validation").read_text()[:3000])
     cfg = quick(steps=30, lr=5e-4, data=[str(text)], restore_best=False)
 
     def compressed(kernel):

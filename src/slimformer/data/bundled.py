@@ -1,4 +1,8 @@
-"""Bundled evaluation sets (copied from their sources with attribution, see data/*/SOURCE.md)."""
+"""Bundled evaluation sets (copied from their sources with attribution, see sets/*/SOURCE.md).
+
+They ship inside the package (package data, ``slimformer/data/sets/<name>/``), so an installed
+wheel finds them wherever it lives; ``$SLIMFORMER_DATA`` points elsewhere (a folder of the same
+layout)."""
 from __future__ import annotations
 
 import os
@@ -18,7 +22,7 @@ _SPLIT_ALIASES = {"valid": "validation", "val": "validation", "validation": "val
 def data_root() -> Path:
     if os.environ.get("SLIMFORMER_DATA"):
         return Path(os.environ["SLIMFORMER_DATA"])
-    return Path(__file__).resolve().parents[3] / "data"  # the repository's data/ folder
+    return Path(__file__).resolve().parent / "sets"  # package data, next to this module
 
 
 def bundled_path(name: str, split: str) -> Path:
@@ -34,7 +38,8 @@ def bundled_path(name: str, split: str) -> Path:
         raise DataError(f"{name} has no split {split!r}; its splits: {', '.join(splits)}")
     path = data_root() / splits[key]
     if not path.is_file():
-        raise DataError(f"bundled file {path} is missing; set SLIMFORMER_DATA to the repository's data/ folder")
+        raise DataError(f"bundled file {path} is missing; reinstall slimformer, or set SLIMFORMER_DATA to a "
+                        "folder holding the bundled sets (src/slimformer/data/sets in the repository)")
     return path
 
 

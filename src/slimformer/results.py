@@ -3,8 +3,26 @@ only from these, and each serialises to JSON."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+
+def json_safe(obj):
+    """`obj` with every NaN / inf float replaced by None: JSON has no NaN, and Python's bare `NaN`
+    token breaks strict readers. Tables format the raw value (`n/a (NaN)`); the JSON says null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(obj, **kw) -> str:
+    """Strict JSON (no NaN / Infinity tokens); values JSON cannot hold are written as strings."""
+    return json.dumps(json_safe(obj), allow_nan=False, default=str, **kw)
 
 
 class _Serialisable:
@@ -12,9 +30,11 @@ class _Serialisable:
         return asdict(self)
 
     def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, default=str) + "\n"
+        text = dumps(self.to_dict(), indent=2) + "\n"
         if path is not None:
-            Path(path).write_text(text)
+            from .atomic import atomic_file
+            with atomic_file(path, overwrite=True) as tmp:
+                tmp.write_text(text)
         return text
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .curves import CURVES_FILE, plot_recovery
-from .table import md_table, num
+from .table import md_table, num, signed, times
 from .views import COMPARISON_HEADERS, comparison_rows, environment_line
 
 
@@ -12,22 +12,22 @@ def summary_rows(result) -> list[list[str]]:
     q0, q1 = result.quality["original"], result.quality["compressed"]
     r = result.speed["ratios"]
     rows = [[f"{q0['task']} {q0['metric']} ({q0['data']}/{q0['split']})", num(q0["value"]), num(q1["value"]),
-             f"{q1['value'] - q0['value']:+.2f}"]]
+             signed(q1["value"] - q0["value"])]]
     if result.fidelity:
         f = result.fidelity
         rows.append([f"fidelity {f['metric']} vs original", "", num(f["value"], 4), ""])
-    rows.append(["throughput ratio", "1.00x", f"{r['throughput']:.2f}x", ""])
+    rows.append(["throughput ratio", "1.00x", times(r["throughput"]), ""])
     if "decode_tokens_per_s" in r:
-        rows.append(["decode tokens/s ratio", "1.00x", f"{r['decode_tokens_per_s']:.2f}x", ""])
+        rows.append(["decode tokens/s ratio", "1.00x", times(r["decode_tokens_per_s"]), ""])
     a, b = result.speed["base"], result.speed["other"]
     rows.append(["size on disk", f"{a['size_bytes'] / 2**20:.1f} MiB", f"{b['size_bytes'] / 2**20:.1f} MiB",
-                 f"{r['size']:.2f}x"])
-    rows.append(["parameters", f"{a['params']:,}", f"{b['params']:,}", f"{r['params']:.2f}x"])
+                 times(r["size"])])
+    rows.append(["parameters", f"{a['params']:,}", f"{b['params']:,}", times(r["params"])])
     ex = getattr(result, "export", None)
     if ex:
         qe = ex["quality"]
         rows.append([f"export {ex['format']} ({ex['path']}, {ex['bytes'] / 2**20:.1f} MiB): {qe['metric']} "
-                     f"in its runtime", "", num(qe["value"]), f"{qe['value'] - q1['value']:+.2f} vs PyTorch"])
+                     f"in its runtime", "", num(qe["value"]), f"{signed(qe['value'] - q1['value'])} vs PyTorch"])
     return rows
 
 

@@ -1,7 +1,7 @@
 """Rows for results: the same rows feed the CLI's text tables and the Markdown report."""
 from __future__ import annotations
 
-from .table import mib, num
+from .table import mib, num, times
 
 
 def eval_rows(r: dict) -> list[list[str]]:
@@ -35,18 +35,18 @@ def bench_rows(b: dict) -> list[list[str]]:
 
 def comparison_rows(c: dict) -> list[list[str]]:
     a, b, r = c["base"], c["other"], c["ratios"]
-    rows = [["params", f"{a['params']:,}", f"{b['params']:,}", f"{r['params']:.3f}x"],
-            ["size on disk (saved)", mib(a["size_bytes"]), mib(b["size_bytes"]), f"{r['size']:.3f}x"],
+    rows = [["params", f"{a['params']:,}", f"{b['params']:,}", times(r["params"], 3)],
+            ["size on disk (saved)", mib(a["size_bytes"]), mib(b["size_bytes"]), times(r["size"], 3)],
             ["peak RSS", mib(a["peak_rss_bytes"]), mib(b["peak_rss_bytes"]), ""],
             [f"throughput ({a['throughput']['unit']})", num(a["throughput"]["items_per_s"], 1),
-             num(b["throughput"]["items_per_s"], 1), f"{r['throughput']:.3f}x"]]
+             num(b["throughput"]["items_per_s"], 1), times(r["throughput"], 3)]]
     if a.get("decode") and b.get("decode"):
         rows.append(["decode tokens/s", num(a["decode"]["tokens_per_s"], 2),
-                     num(b["decode"]["tokens_per_s"], 2), f"{r['decode_tokens_per_s']:.3f}x"])
+                     num(b["decode"]["tokens_per_s"], 2), times(r["decode_tokens_per_s"], 3)])
     for p, q in zip(a["latency"], b["latency"]):
         key = f"b{p['batch']}x{p['seq_len']}"
         rows.append([f"latency {key} median ms", f"{p['median_ms']:.2f}", f"{q['median_ms']:.2f}",
-                     f"{r['latency_speedup'][key]:.3f}x faster"])
+                     times(r["latency_speedup"][key], 3, "x faster")])
     return rows
 
 

@@ -52,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-windows", type=_positive)
     s.add_argument("--batch-size", type=_positive)
     s.add_argument("--runtime", choices=RUNTIMES, default="auto", help=runtime_help)
-    s.add_argument("--json", metavar="PATH", default="slimformer-eval.json",
-                   help="where to write the result (default: %(default)s)")
+    s.add_argument("--json", metavar="PATH", help="also write the result as JSON (no file without it)")
 
     s = sub.add_parser("bench", help="latency, throughput, decode speed, memory and size")
     s.add_argument("model", help=model_help)
@@ -64,8 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=_positive, default=10)
     s.add_argument("--decode-new-tokens", type=_positive, default=128)
     s.add_argument("--runtime", choices=RUNTIMES, default="auto", help=runtime_help)
-    s.add_argument("--json", metavar="PATH", default="slimformer-bench.json",
-                   help="where to write the result (default: %(default)s)")
+    s.add_argument("--json", metavar="PATH", help="also write the result as JSON (no file without it)")
 
     s = sub.add_parser("export", help="write a model as an HF folder, ONNX (encoders) or GGUF (Llama family)")
     s.add_argument("model", help=model_help + ", or a `slimformer compress` output folder")

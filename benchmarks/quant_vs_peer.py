@@ -64,7 +64,7 @@ def run_slimformer(base, cfg: QuantizeConfig, cal: dict):
     t0 = time.perf_counter()
     with RssPeak() as mem:
         log = quantize_model(model, cfg, cal, progress=False)
-    return model, time.perf_counter() - t0, mem.increase, log["kernels"]
+    return model, time.perf_counter() - t0, mem.increase, log.kernels
 
 
 def run_peer(base, cfg: QuantizeConfig, calib):

@@ -77,14 +77,14 @@ def main() -> None:
         recovered = quality(m, args.windows)
         closed = (one_shot - recovered) / (one_shot - dense)
         row = {"model": args.model, "run": run, "dense": dense, "one_shot": one_shot, "recovered": recovered,
-               "gap_closed": closed, "steps": log["steps"], "tokens": log["tokens"],
-               "train_wall_s": log["train_wall_s"], "best_step": log["best_step"],
-               "heldout_before": log["before"], "heldout_after": log["after"], "stopped_by_time": log["stopped_by_time"],
+               "gap_closed": closed, "steps": log.steps, "tokens": log.tokens,
+               "train_wall_s": log.train_wall_s, "best_step": log.best_step,
+               "heldout_before": log.before, "heldout_after": log.after, "stopped_by_time": log.stopped_by_time,
                "settings": {k: v for k, v in vars(args).items() if k != "runs"},
-               "masked_fraction": log.get("masked_fraction"), "windows": args.windows, "environment": environment()}
+               "masked_fraction": log.masked_fraction, "windows": args.windows, "environment": environment()}
         append_row(args.out, row)
-        print(f"| {run} | {dense:.2f} | {one_shot:.2f} | {recovered:.2f} | {closed:.0%} | {log['steps']} steps, "
-              f"{log['tokens']:,} tokens, {log['train_wall_s'] / 60:.1f} min |", flush=True)
+        print(f"| {run} | {dense:.2f} | {one_shot:.2f} | {recovered:.2f} | {closed:.0%} | {log.steps} steps, "
+              f"{log.tokens:,} tokens, {log.train_wall_s / 60:.1f} min |", flush=True)
 
 
 if __name__ == "__main__":

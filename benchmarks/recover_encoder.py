@@ -90,9 +90,9 @@ def main() -> None:
                "bench_threads": args.bench_threads, "environment": environment()}
         train = "-"
         if rlog is not None:
-            row.update({"tokens": rlog["tokens"], "train_wall_s": rlog["train_wall_s"], "best_step": rlog["best_step"],
-                        "dev_before": rlog["before"], "dev_after": rlog["after"]})
-            train = f"{rlog['tokens']:,} tokens, {rlog['train_wall_s']:.0f} s (best step {rlog['best_step']})"
+            row.update({"tokens": rlog.tokens, "train_wall_s": rlog.train_wall_s, "best_step": rlog.best_step,
+                        "dev_before": rlog.before, "dev_after": rlog.after})
+            train = f"{rlog.tokens:,} tokens, {rlog.train_wall_s:.0f} s (best step {rlog.best_step})"
         append_row(args.out, row)
         print(f"| {name} | {row['spearman']:.2f} | {row['throughput_ratio']:.2f}x | {row['latency_ratio']:.2f}x | "
               f"{train} |", flush=True)

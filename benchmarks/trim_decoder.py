@@ -79,9 +79,9 @@ def main() -> None:
         wall = time.perf_counter() - t0
         ppl = quality(m, args.windows)
         row = {"model": args.model, "run": text, "compensate": args.compensate, "ppl": ppl, "ppl_original": ref, "trim_s": wall,
-               "peak_rss_increase_bytes": mem.increase, "params_ratio": log["params_ratio"],
-               "dropped": log.get("layers", {}).get("dropped"), "standard": log["standard"],
-               "calibration": log.get("calibration"), "threads": args.threads, "environment": environment()}
+               "peak_rss_increase_bytes": mem.increase, "params_ratio": log.params_ratio,
+               "dropped": log.layers_dropped, "standard": log.standard,
+               "calibration": log.calibration, "threads": args.threads, "environment": environment()}
         if text.startswith("width"):
             row["decode_original"], row["decode_trimmed"] = decode_ratio(base, m, args.rounds)
             row["decode_ratio"] = row["decode_trimmed"] / row["decode_original"]

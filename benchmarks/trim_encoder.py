@@ -69,7 +69,7 @@ def variants(base, args):
             t0 = time.perf_counter()
             log = trim_model(m, TrimConfig(score=crit, heads=args.heads, ffn=args.ffn, compensate=comp,
                                            allocation=args.allocation), None, original=base, progress=False)
-            yield f"slimformer {crit}, {comp}", m, time.perf_counter() - t0, log["params_ratio"]
+            yield f"slimformer {crit}, {comp}", m, time.perf_counter() - t0, log.params_ratio
     if args.peer:
         t0 = time.perf_counter()
         m = torch_pruning_variant(base, args.heads, args.ffn)

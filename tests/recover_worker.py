@@ -44,7 +44,7 @@ def main() -> None:
     from accelerate import PartialState
     state = PartialState()
     if state.is_main_process:
-        torch.save({"state": student.module.state_dict(), "log": {k: log[k] for k in ("steps", "resumed_from")},
+        torch.save({"state": student.module.state_dict(), "log": {"steps": log.steps, "resumed_from": log.resumed_from},
                     "world": state.num_processes, "backend": str(state.backend)}, a.out)
 
 

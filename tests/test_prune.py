@@ -120,8 +120,8 @@ def test_owl_allocation_and_outlier_ratio():
 def test_prune_stage_every_family(tiny, family, method, pattern):
     model = copy.deepcopy(tiny[family])
     log = prune_model(model, PruneConfig(method=method, pattern=pattern, sparsity=0.5), CAL, progress=False)
-    assert log["sparsity_of_block_linears"] == pytest.approx(0.5, abs=1e-3)
-    assert set(log["per_layer"]) == set(model.arch.linears) == set(model.masks)
+    assert log.sparsity_of_block_linears == pytest.approx(0.5, abs=1e-3)
+    assert set(log.per_layer) == set(model.arch.linears) == set(model.masks)
     for name, keep in model.masks.items():
         W = get_module(model.module, name).weight
         assert bool((W[~keep] == 0).all())
@@ -179,17 +179,17 @@ def test_owl_stage_reaches_the_same_total(tiny):
     model = copy.deepcopy(tiny["llama"])
     log = prune_model(model, PruneConfig(method="wanda", sparsity=0.7, allocation="owl", owl_lambda=0.05,
                                          owl_threshold=2.0), CAL, progress=False)
-    per_block = log["owl_block_sparsity"]
+    per_block = log.owl_block_sparsity
     assert len(per_block) == 2 and sum(per_block) / 2 == pytest.approx(0.7, abs=1e-4)
-    assert log["sparsity_of_block_linears"] == pytest.approx(0.7, abs=0.01)  # whole weights per row of 64
+    assert log.sparsity_of_block_linears == pytest.approx(0.7, abs=0.01)  # whole weights per row of 64
 
 
 def test_targets_and_ignore(tiny):
     model = copy.deepcopy(tiny["llama"])
     log = prune_model(model, PruneConfig(method="magnitude", sparsity=0.5, ignore=[r"\.k_proj$"],
                                          targets={r"mlp\.down_proj": 0.25}), None, progress=False)
-    assert not any(n.endswith("k_proj") for n in log["per_layer"])
-    assert all(v == pytest.approx(0.25, abs=0.01) for n, v in log["per_layer"].items() if "down_proj" in n)
+    assert not any(n.endswith("k_proj") for n in log.per_layer)
+    assert all(v == pytest.approx(0.25, abs=0.01) for n, v in log.per_layer.items() if "down_proj" in n)
 
 
 def test_masks_survive_training_steps(tiny):
@@ -279,7 +279,7 @@ def test_prune_through_compress(tiny, tmp_path):
               "bench": {"batch_sizes": [1], "seq_lens": [16], "repeats": 1, "warmup": 0, "throughput_items": 2,
                         "throughput_seq_len": 32, "decode_new_tokens": 4, "decode_repeats": 1}}
     r = compress(tiny["llama"], recipe, out=out, progress=False)
-    assert r.stages[0]["calibration"]["sha256"] and r.stages[0]["sparsity_of_block_linears"] == pytest.approx(0.5)
+    assert r.stages[0].calibration["sha256"] and r.stages[0].sparsity_of_block_linears == pytest.approx(0.5)
     assert r.speed["ratios"]["size"] < 0.9
     assert load(out / "model").masks
     assert "per_layer" in json.loads((out / "results.json").read_text())["stages"][0]

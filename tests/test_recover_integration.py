@@ -18,9 +18,9 @@ def test_minilm_trimmed_recovers_sts_dev_in_a_few_steps(minilm):
     trim_model(model, TrimConfig(heads=0.5, ffn=0.5, score="fluctuation"), None, original=minilm, progress=False)
     log = recover(model, minilm, RecoverConfig(steps=25, lr=2e-4, eval_every=25), progress=False)
     # one-shot dev 83.85; benchmarks/recover_encoder.py: 85.4 after 25 steps, 86.5 after 1000
-    assert log["before"] < 84.5 and log["after"] > log["before"] + 0.8
-    assert log["metric"].startswith("Spearman") and log["tokens"] > 10_000
-    assert evaluate(model, "sts", split="dev", progress=False).value == pytest.approx(log["after"])
+    assert log.before < 84.5 and log.after > log.before + 0.8
+    assert log.metric.startswith("Spearman") and log.tokens > 10_000
+    assert evaluate(model, "sts", split="dev", progress=False).value == pytest.approx(log.after)
 
 
 def test_smollm2_2of4_recovers_heldout_perplexity_with_masks_kept(smollm2):
@@ -28,7 +28,7 @@ def test_smollm2_2of4_recovers_heldout_perplexity_with_masks_kept(smollm2):
     prune_model(model, PruneConfig(method="magnitude", pattern="2:4"), progress=False)
     cfg = RecoverConfig(steps=4, batch_size=2, seq_len=128, holdout=2, lr=1e-4, eval_every=4, warmup=0.0)
     log = recover(model, smollm2, cfg, progress=False)
-    assert log["after"] < 0.8 * log["before"]  # magnitude 2:4 is far from the original: quick gains
+    assert log.after < 0.8 * log.before  # magnitude 2:4 is far from the original: quick gains
     for name, keep in model.masks.items():
         assert (model.module.get_submodule(name).weight[~keep] == 0).all()
     assert all(p.requires_grad for p in smollm2.module.parameters())  # the teacher is left as it was

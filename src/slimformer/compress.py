@@ -19,14 +19,14 @@ from .model import Model
 from .model.save import write_folder
 from .recipe import Recipe
 from .results import Comparison, EvalResult, _Serialisable
-from .stages import STAGES, StageContext
+from .stages import STAGES, StageContext, StageLog, as_stage_log
 
 
 @dataclass
 class CompressResult(_Serialisable):
     model: str
     recipe: dict
-    stages: list[dict]
+    stages: list[StageLog]  # results.json holds each one's to_dict()
     quality: dict  # {"original": EvalResult, "compressed": EvalResult}
     fidelity: dict | None  # EvalResult of compressed vs original
     speed: dict  # Comparison as a dict
@@ -34,11 +34,18 @@ class CompressResult(_Serialisable):
     out: str | None = None
     export: dict | None = None  # the recipe's onnx / gguf export: where, size, quality in its runtime
     wall_s: float = 0.0
+    source: dict | None = None  # {"given", "bytes" (the .gguf / weight files), "output_bytes", "output_ratio"}
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        out["stages"] = [s.to_dict() for s in self.stages]
+        return out
 
 
 def run_stages(model: Model, recipe: Recipe, progress: bool = True, work_dir: Path | None = None,
-               resume: bool = False) -> tuple[Model, list[dict]]:
-    """Apply the recipe's stages to a copy of `model`; the original stays untouched."""
+               resume: bool = False) -> tuple[Model, list[StageLog]]:
+    """Apply the recipe's stages to a copy of `model`; the original stays untouched. The model's
+    log (saved as slimformer.json "stages") gets each StageLog's to_dict(); the StageLogs are returned."""
     current = copy.deepcopy(model)
     ctx = StageContext(original=model, calibration=recipe.calibration, progress=progress,
                        work_dir=work_dir, resume=resume)
@@ -47,9 +54,9 @@ def run_stages(model: Model, recipe: Recipe, progress: bool = True, work_dir: Pa
         t0 = time.perf_counter()
         with RssPeak() as mem:
             current, log = STAGES[entry.name].run(current, entry.config, ctx)
-        log = {"stage": entry.name, **log, "wall_s": time.perf_counter() - t0,
-               "peak_rss_bytes": mem.peak}
-        current.log.append(log)
+        log = as_stage_log(entry.name, log)
+        log.wall_s, log.peak_rss_bytes = time.perf_counter() - t0, mem.peak
+        current.log.append(log.to_dict())
         current.path = None
         logs.append(log)
     return current, logs
@@ -72,14 +79,14 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
     if not logs:
         notes.append("The recipe has no compression stages: the model was evaluated and benchmarked "
                      "as it is; speed ratios near 1.0 show the measurement noise.")
-    simulated = sum(log.get("kernels", {}).get("simulated", 0) for log in logs)
+    simulated = sum(log.kernels.get("simulated", 0) for log in logs if log.stage == "quantize")  # QuantizeLog
     if simulated:
         notes.append(f"SIMULATED: {simulated} quantized linears have no integer kernel here and run "
                      "dequantized in fp32 (research only); the speed figures are not a quantization speed-up.")
-    odd = [log for log in logs if log.get("stage") == "trim" and not log.get("standard", True)]
+    odd = [log for log in logs if log.stage == "trim" and not log.standard]  # TrimLog
     if odd:
         notes.append("NON-STANDARD shapes: the trimmed model's config cannot describe it "
-                     f"({odd[-1]['nonstandard'][0]}, ...); it is saved with a shape map and loads through "
+                     f"({odd[-1].nonstandard[0]}, ...); it is saved with a shape map and loads through "
                      "slimformer.load, not plain transformers.")
     if not is_main_process():
         return CompressResult(model=model.name, recipe=recipe.to_dict(), stages=logs, quality={}, fidelity=None,
@@ -94,15 +101,38 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
         fid = evaluate(compressed, "fidelity", split=ev.split, reference=model, seq_len=ev.seq_len,
                        max_windows=ev.max_windows and min(ev.max_windows, 8), progress=progress)
     speed: Comparison = compare(model, compressed, recipe.bench)
+    source = source_size(model, speed)
+    if source and source["output_ratio"] > 1.0:
+        notes.append(larger_than_source_note(source, speed))
     result = CompressResult(
         model=model.name, recipe=recipe.to_dict(), stages=logs,
         quality={k: v.to_dict() for k, v in quality.items()},
         fidelity=fid.to_dict() if fid else None, speed=speed.to_dict(), notes=notes,
-        out=str(out) if out else None)
+        out=str(out) if out else None, source=source)
     result.wall_s = time.perf_counter() - t0
     if out is not None:
         write_output(compressed, result, Path(out), overwrite, recipe, kw)
     return result
+
+
+def source_size(model: Model, speed: Comparison) -> dict | None:
+    """The size of what the user gave (a .gguf file, or a folder's weight files) against the
+    compressed weights; None when it is not known. The summary's size ratio is against the model as
+    slimformer saves it (fp32), which for a quantized source is far larger than the file given."""
+    if not model.source_bytes:
+        return None
+    out_bytes = speed.other.size_bytes
+    return {"given": str(model.source), "bytes": int(model.source_bytes), "output_bytes": int(out_bytes),
+            "output_ratio": out_bytes / model.source_bytes}
+
+
+def larger_than_source_note(source: dict, speed: Comparison) -> str:
+    mib = lambda n: f"{n / 2**20:,.1f} MiB"
+    return (f"LARGER THAN WHAT YOU GAVE: the compressed weights ({mib(source['output_bytes'])}) are "
+            f"{source['output_ratio']:.2f}x the size of {source['given']} ({mib(source['bytes'])}). "
+            f"The size ratio in the summary is against the model as slimformer loaded it, in fp32 "
+            f"({mib(speed.base.size_bytes)}; a quantized source is dequantized on loading), and what "
+            "the recipe leaves unquantized (the embeddings, for one) is written in fp32.")
 
 
 EXPORT_NAMES = {"onnx": "onnx", "gguf": "model.gguf"}

@@ -11,7 +11,7 @@ from ..engine import run_sequential
 from ..engine.hessian import inverse_cholesky
 from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module
-from ..stages import register_stage
+from ..stages import StageLog, register_stage
 from .masks import parse_pattern
 from .methods import magnitude_mask, sparsegpt_solve, wanda_mask
 from .owl import outlier_ratio, owl_sparsities
@@ -54,6 +54,22 @@ class PruneConfig:
         return nm
 
 
+@dataclass(kw_only=True)
+class PruneLog(StageLog):
+    """What a prune did: the method, the sparsity asked for and reached."""
+    method: str
+    pattern: str
+    target_sparsity: float
+    allocation: str
+    sparsity_of_block_linears: float = 0.0  # zeros / weights over every block linear (ignored ones count dense)
+    # per-layer / per-block detail (results.json; the report shows min / median / max)
+    per_layer: dict[str, float] = field(default_factory=dict)  # {linear: sparsity}
+    owl_block_sparsity: list[float] | None = None  # allocation owl: the sparsity given to each block
+    hessian_notes: list[str] | None = None  # SparseGPT: layers whose Hessian needed more damping
+
+    DETAIL = ("per_layer", "owl_block_sparsity", "hessian_notes")
+
+
 def _selected(cfg: PruneConfig, blk: BlockMap) -> list[str]:
     return [n for n in blk.linears if not any(re.search(rx, n) for rx in cfg.ignore)]
 
@@ -66,21 +82,21 @@ def _sparsity_for(cfg: PruneConfig, name: str, block_sparsity: float) -> float:
 
 
 def prune_model(model: Model, cfg: PruneConfig, calibration: dict | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True) -> PruneLog:
     """Prune `model` in place; masks are kept on model.masks. Returns the stage log."""
     nm = cfg.validate()
     target = 1.0 - nm[0] / nm[1] if nm else float(cfg.sparsity)
     blocks = model.arch.blocks
     block_sparsity = [target] * len(blocks)
-    log: dict = {"method": cfg.method, "pattern": cfg.pattern, "target_sparsity": target,
-                 "allocation": cfg.allocation}
+    log = PruneLog(stage="prune", method=cfg.method, pattern=cfg.pattern, target_sparsity=target,
+                   allocation=cfg.allocation)
     calib = None
     if cfg.method != "magnitude" or cfg.allocation == "owl":
         calib = calibration_set(model, **(calibration or {}))
-        log["calibration"] = calib.describe()
+        log.calibration = calib.describe()
     if cfg.allocation == "owl":
         block_sparsity = _owl(model, cfg, calib, target, progress)
-        log["owl_block_sparsity"] = [round(s, 4) for s in block_sparsity]
+        log.owl_block_sparsity = [round(s, 4) for s in block_sparsity]
     per_layer: dict[str, float] = {}
     hessian_notes: list[str] = []
 
@@ -124,10 +140,9 @@ def prune_model(model: Model, cfg: PruneConfig, calibration: dict | None = None,
                        progress=progress, desc=f"prune {cfg.method}")
     zeros = sum(per_layer[n] * get_module(model.module, n).weight.numel() for n in per_layer)
     total = sum(get_module(model.module, n).weight.numel() for n in model.arch.linears)
-    log["sparsity_of_block_linears"] = zeros / total
-    log["per_layer"] = {n: round(v, 4) for n, v in per_layer.items()}
-    if hessian_notes:
-        log["hessian_notes"] = hessian_notes
+    log.sparsity_of_block_linears = zeros / total
+    log.per_layer = {n: round(v, 4) for n, v in per_layer.items()}
+    log.hessian_notes = hessian_notes or None
     return log
 
 
@@ -148,6 +163,6 @@ def _owl(model: Model, cfg: PruneConfig, calib, target: float, progress: bool) -
 
 @register_stage("prune", PruneConfig, doc="zero individual weights: magnitude, Wanda, SparseGPT; "
                 "unstructured or N:M; uniform or OWL per-layer sparsity")
-def run(model: Model, cfg: PruneConfig, ctx) -> tuple[Model, dict]:
+def run(model: Model, cfg: PruneConfig, ctx) -> tuple[Model, PruneLog]:
     log = prune_model(model, cfg, ctx.calibration_kwargs(), progress=ctx.progress)
     return model, log

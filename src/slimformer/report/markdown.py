@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .curves import CURVES_FILE, plot_recovery
+from .stages import stage_section
 from .table import md_table, num, signed, times
 from .views import COMPARISON_HEADERS, comparison_rows, environment_line
 
@@ -22,6 +23,9 @@ def summary_rows(result) -> list[list[str]]:
     a, b = result.speed["base"], result.speed["other"]
     rows.append(["size on disk", f"{a['size_bytes'] / 2**20:.1f} MiB", f"{b['size_bytes'] / 2**20:.1f} MiB",
                  times(r["size"])])
+    src = source_row(result)
+    if src:
+        rows.append(src)
     rows.append(["parameters", f"{a['params']:,}", f"{b['params']:,}", times(r["params"])])
     ex = getattr(result, "export", None)
     if ex:
@@ -31,6 +35,22 @@ def summary_rows(result) -> list[list[str]]:
     return rows
 
 
+def source_row(result) -> list[str] | None:
+    """The size of the file the user gave beside the compressed weights, when it differs from the
+    model as slimformer saves it (a GGUF or other quantized source, an fp16 folder) or the output
+    is larger than it."""
+    src = getattr(result, "source", None)
+    if not src:
+        return None
+    base = result.speed["base"]["size_bytes"]
+    if abs(src["bytes"] - base) <= 0.05 * base and src["output_ratio"] <= 1.0:
+        return None
+    name = Path(src["given"]).name or src["given"]
+    larger = " (LARGER)" if src["output_ratio"] > 1.0 else ""
+    return [f"size vs the file you gave ({name})", f"{src['bytes'] / 2**20:.1f} MiB",
+            f"{src['output_bytes'] / 2**20:.1f} MiB", times(src["output_ratio"]) + larger]
+
+
 def render(result) -> str:
     a = result.speed["base"]
     lines = [f"# slimformer report: {result.model}", ""]
@@ -38,24 +58,8 @@ def render(result) -> str:
     lines += ["## Summary", "", md_table(["", "original", "compressed", "change"], summary_rows(result)), ""]
     lines += ["![quality vs speed](quality_vs_speed.png)", ""]
     lines += ["## Stages", ""]
-    if result.stages:
-        for s in result.stages:
-            lines.append(f"- **{s['stage']}**: " + ", ".join(f"{k}={v}" for k, v in s.items()
-                                                               if k not in ("stage", "blocks", "history", "settings")))
-        for s in result.stages:
-            if s["stage"] == "trim":  # the shapes a trim left, block by block
-                kind = "standard config" if s["standard"] else "NON-STANDARD: loads through slimformer.load only"
-                lines += ["", f"Trimmed blocks ({kind}):", "",
-                          md_table(["block", "heads", "KV heads", "FFN width"],
-                                   [[str(i), str(b["heads"]), str(b["kv_heads"]), str(b["ffn"])]
-                                    for i, b in enumerate(s["blocks"])])]
-            if s["stage"] == "recover":
-                lines += ["", f"Recovery ({s['metric']}): {s['before']:.4g} before, {s['after']:.4g} after "
-                          f"{s['steps']} steps, {s['tokens']:,} tokens, {s['train_wall_s']:.0f} s of training "
-                          f"(best at step {s['best_step']}).", "", f"![recovery curves]({CURVES_FILE})"]
-    else:
-        lines.append("- none")
-    lines += ["", "## Speed, memory and size (same process, back to back)", "",
+    lines += stage_section(result.stages)
+    lines += ["## Speed, memory and size (same process, back to back)", "",
               md_table(COMPARISON_HEADERS, comparison_rows(result.speed)), "",
               f"Machine: {environment_line(a)}.", "", "## Protocols", ""]
     lines.append(f"- quality: {result.quality['original']['protocol']}")
@@ -93,5 +97,5 @@ def write_report(result, folder: Path) -> None:
     (folder / "report.md").write_text(render(result))
     plot(result, folder / "quality_vs_speed.png")
     for s in result.stages:
-        if s["stage"] == "recover":  # the last recover stage's curves
+        if s.stage == "recover":  # the last recover stage's curves
             plot_recovery(s, folder / CURVES_FILE)

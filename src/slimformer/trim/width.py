@@ -8,6 +8,8 @@ normalised by each block's mean, then ranked together); the cut pass then follow
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..engine import run_sequential
@@ -110,7 +112,15 @@ def _global_plan(model: Model, cfg, calib, taylor, progress) -> tuple[list | Non
     return heads, ffn
 
 
-def trim_width(model: Model, cfg, calib, taylor: dict | None, progress: bool) -> dict:
+@dataclass
+class WidthCut:
+    """What trim_width removed: query heads and FFN neurons per block, hidden channels."""
+    heads: list[int] | None = None
+    ffn: list[int] | None = None
+    hidden: dict | None = None  # {"removed", "hidden_size"} (+ "head_dim")
+
+
+def trim_width(model: Model, cfg, calib, taylor: dict | None, progress: bool) -> WidthCut:
     head_counts, ffn_counts = _global_plan(model, cfg, calib, taylor, progress)
     hidden_stats: dict = {}
     removed_heads, removed_ffn = [], []
@@ -146,14 +156,8 @@ def trim_width(model: Model, cfg, calib, taylor: dict | None, progress: bool) ->
             for blk in model.arch.blocks:
                 cut(model, blk, None)
         refresh(model)
-    log: dict = {}
-    if removed_heads:
-        log["heads"] = {"removed_per_block": removed_heads}
-    if removed_ffn:
-        log["ffn"] = {"removed_per_block": removed_ffn}
-    if cfg.hidden:
-        log["hidden"] = _cut_hidden(model, cfg, hidden_stats, taylor)
-    return log
+    return WidthCut(heads=removed_heads or None, ffn=removed_ffn or None,
+                    hidden=_cut_hidden(model, cfg, hidden_stats, taylor) if cfg.hidden else None)
 
 
 def _cut_hidden(model: Model, cfg, stats: dict, taylor) -> dict:

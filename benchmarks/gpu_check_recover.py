@@ -25,7 +25,7 @@ from conftest import _tiny_tokenizer  # noqa: E402
 
 from slimformer.model import load  # noqa: E402
 from slimformer.prune.stage import PruneConfig, prune_model  # noqa: E402
-from slimformer.quant.modules import QuantLinear  # noqa: E402
+from slimformer.nn.quant_linear import QuantLinear  # noqa: E402
 from slimformer.quant.stage import QuantizeConfig, quantize_model  # noqa: E402
 from slimformer.recover import RecoverConfig, recover  # noqa: E402
 
@@ -57,9 +57,9 @@ def main() -> None:
         log = recover(student, llama, RecoverConfig(steps=60, batch_size=8, seq_len=256, holdout=4, lr=1e-3,
                                                     eval_every=20, precision=precision), progress=False)
         exact = all((student.module.get_submodule(n).weight[~k] == 0).all() for n, k in student.masks.items())
-        print(f"llama 2:4 {precision}: held-out ppl {log['before']:.1f} -> {log['after']:.1f}, {log['steps']} steps "
-              f"in {time.perf_counter() - t0:.1f} s ({log['tokens']:,} tokens), masks exact: {exact}", flush=True)
-        ok &= exact and log["after"] < log["before"]
+        print(f"llama 2:4 {precision}: held-out ppl {log.before:.1f} -> {log.after:.1f}, {log.steps} steps "
+              f"in {time.perf_counter() - t0:.1f} s ({log.tokens:,} tokens), masks exact: {exact}", flush=True)
+        ok &= exact and log.after < log.before
     bert = build(root, "bert", T.BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
                                             intermediate_size=1024, max_position_embeddings=512, **common), T.AutoModel)
     student = copy.deepcopy(bert)
@@ -67,11 +67,11 @@ def main() -> None:
     log = recover(student, bert, RecoverConfig(steps=40, batch_size=32, holdout=64, lr=1e-4, eval="heldout",
                                                eval_every=20), progress=False)
     kinds = {m.kernel for m in student.module.modules() if isinstance(m, QuantLinear)}
-    print(f"bert W8A8 QAT: held-out distillation loss {log['before']:.3g} -> {log['after']:.3g}, "
-          f"{log['qat_layers']} layers back on kernels {sorted(kinds)}", flush=True)
+    print(f"bert W8A8 QAT: held-out distillation loss {log.before:.3g} -> {log.after:.3g}, "
+          f"{log.qat_layers} layers back on kernels {sorted(kinds)}", flush=True)
     # a random BERT loses almost nothing to W8A8 (loss ~1e-5): the check is that QAT ran on the GPU
     # and the layers came back as integer kernels, not a quality gain
-    ok &= log["after"] < 1e-3 and kinds == {"int8_dynamic"} and log["qat_layers"] == 24
+    ok &= log.after < 1e-3 and kinds == {"int8_dynamic"} and log.qat_layers == 24
     print("GPU CHECK", "PASSED" if ok else "FAILED")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
+import gguf  # a dependency (pyproject): missing, the whole module fails to import, never skips
 import numpy as np
 import pytest
 import torch
@@ -19,11 +20,10 @@ from slimformer.export.gguf import _rotary_order
 from slimformer.export.gguf_blocks import pack_codes, unpack_blocks
 from slimformer.model import get_module
 from slimformer.quant import QuantizeConfig, QuantLinear, QuantSpec, quantize_model
-from slimformer.quant.spec import quantize
+from slimformer.nn.spec import quantize
 from slimformer.runtime import open_model, runtime_of
 from slimformer.trim import TrimConfig, trim_model
 
-gguf = pytest.importorskip("gguf")
 CAL = {"samples": 4, "seq_len": 32}
 SENTENCES = ["a short one", "the quick brown fox jumps over the lazy dog", "tokens " * 40, "x"]
 
@@ -218,8 +218,9 @@ def test_onnx_w8a8_keeps_slimformers_codes_and_matches(tiny, tmp_path, cfg, writ
     assert res.details["linears"] == {written: len(model.arch.linears)}
     name = model.arch.blocks[0].attn.q
     inits = {i.name: i for i in onnx.load(str(tmp_path / "o" / "model.onnx")).graph.initializer}
-    codes = onnx.numpy_helper.to_array(inits[f"{name}.qweight_t"])
-    assert np.array_equal(codes, get_module(model.module, name).codes().t().numpy())
+    codes = onnx.numpy_helper.to_array(inits[f"{name}.qweight_t"])  # uint8: code + 128 (zero point 128)
+    assert codes.dtype == np.uint8 and onnx.numpy_helper.to_array(inits[f"{name}.qweight_zero"]).reshape(-1).tolist() == [128]
+    assert np.array_equal(codes.astype(np.int16) - 128, get_module(model.module, name).codes().t().numpy())
     assert _cosine(model, tmp_path / "o") >= 0.9999
 
 

@@ -106,8 +106,30 @@ def parse_recipe(raw: Any, where: str = "recipe") -> Recipe:
         if name in raw:
             setattr(recipe, name, build_config(cls, raw[name], f"{where}: {name}"))
     recipe.stages = _parse_stages(raw.get("stages") or [], where)
+    _check_stage_order(recipe.stages, where)
     _check_values(recipe, where)
     return recipe
+
+
+# The built-in stages run in this order. A stage may repeat or be left out, and stages registered
+# elsewhere are not ordered; but trim and prune change dense weights, which a quantize stage has
+# replaced by integer codes, so after quantize only recover (QAT) may follow.
+STAGE_ORDER = ("trim", "prune", "quantize", "recover")
+_AFTER_QUANTIZE = ("recover",)
+
+
+def _check_stage_order(stages: list[StageEntry], where: str) -> None:
+    names = [s.name for s in stages]
+    if "quantize" not in names:
+        return
+    first = names.index("quantize")
+    for i, name in enumerate(names[first + 1:], start=first + 2):
+        if name in STAGE_ORDER and name not in _AFTER_QUANTIZE:
+            raise RecipeError(f"{where}: stage {i} ({name}) comes after quantize, which leaves no dense "
+                              f"weights to {name}; order the stages {' / '.join(STAGE_ORDER)}")
+        if name == "recover" and getattr(stages[i - 1].config, "lora", 0):
+            raise RecipeError(f"{where}: stage {i} (recover with lora) comes after quantize, and LoRA wraps "
+                              "plain linears only; put recover before quantize, or set lora: 0 (QAT)")
 
 
 def _parse_stages(raw: Any, where: str) -> list[StageEntry]:

@@ -7,7 +7,8 @@ import platform
 import torch
 import transformers
 
-import slimformer
+from ..version import __version__
+
 
 
 def cpu_name() -> str:
@@ -22,7 +23,7 @@ def cpu_name() -> str:
 
 def environment() -> dict:
     return {
-        "slimformer": slimformer.__version__, "torch": torch.__version__,
+        "slimformer": __version__, "torch": torch.__version__,
         "transformers": transformers.__version__, "python": platform.python_version(),
         "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),

@@ -5,25 +5,8 @@ import tempfile
 from pathlib import Path
 
 from ..model import Model
+from ..model.info import param_count, unique_tensors  # noqa: F401  (re-exported: bench reports both)
 from ..model.save import write_folder
-
-
-def unique_tensors(model: Model, buffers: bool = False):
-    seen = set()
-    items = list(model.module.parameters()) + (list(model.module.buffers()) if buffers else [])
-    for t in items:
-        if t.data_ptr() in seen:  # tied weights count once
-            continue
-        seen.add(t.data_ptr())
-        yield t
-
-
-def param_count(model: Model) -> int:
-    """Weights of the model, quantized ones included (as the number of values they stand for)."""
-    if model.runtime != "torch":
-        return model.module.param_count()
-    from ..model.info import stored_weights
-    return sum(t.numel() for t in unique_tensors(model)) + stored_weights(model.module)
 
 
 def weight_bytes(model: Model) -> int:

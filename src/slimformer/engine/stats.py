@@ -94,6 +94,21 @@ class LinearStats:
         mean = self.sum / n
         return (self.sq_sum.double() / n - mean.pow(2)).clamp_min(0).float()
 
+    def rescale_inputs(self, d: torch.Tensor) -> None:
+        """The statistics of x * d (d [in], per input channel), from those of x: what a layer
+        sees once a smoothing scale has been applied to its input (see quant/smoothing.py)."""
+        d = d.detach().float()
+        if self.sq_sum is not None:
+            self.sq_sum = self.sq_sum * d.pow(2)
+        if self.sum is not None:
+            self.sum = self.sum * d.double()
+        if self.xtx is not None:
+            d64 = d.double()
+            self.xtx.mul_(d64[:, None]).mul_(d64[None, :])
+        if self.absmax is not None:
+            self.absmax = self.absmax * d.abs()
+        self.rows = [r * d for r in self.rows]
+
     def hessian(self, dtype: torch.dtype = torch.float32, release: bool = False) -> torch.Tensor:
         """H = 2/n X^T X (a fresh tensor), the layer-wise reconstruction Hessian of SparseGPT / GPTQ.
         release=True is for the sum's last reader: the float64 sum is scaled in place and handed

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ConfigValueError, UnsupportedModelError
 from ..model import Model
 from ..model.arch import get_module
-from ..model.save import quantized_layers
+from ..nn import compressed_modules
 from .gguf_blocks import DENSE_TYPES, dense_tensor, pack_codes
 from . import gguf_vocab
 
@@ -131,7 +131,7 @@ def _check_uniform(model: Model) -> int:
         raise UnsupportedModelError("llama.cpp's llama architecture needs the same head counts in every layer; "
                                     "trim heads with allocation: uniform to export as GGUF")
     widths = [b.ffn.width for b in blocks]
-    if len(set(widths)) > 1 and quantized_layers(model):
+    if len(set(widths)) > 1 and compressed_modules(model.module):
         raise UnsupportedModelError("quantized layers with unequal FFN widths cannot be written to GGUF "
                                     "(llama.cpp needs one width); trim the FFN with allocation: uniform")
     return max(widths)
@@ -139,7 +139,7 @@ def _check_uniform(model: Model) -> int:
 
 def _linear(mod: nn.Module, name: str, dtype: str, order: torch.Tensor | None, pad: int = 0,
             pad_columns: bool = False) -> tuple[np.ndarray, str, bool]:
-    from ..quant.modules import QuantLinear
+    from ..nn.quant_linear import QuantLinear
     if isinstance(mod, QuantLinear):
         if mod.input_scale is not None:
             raise UnsupportedModelError(f"{name} carries an unfolded smoothing vector (input_scale), which "

@@ -151,7 +151,7 @@ def _pooling(g: Graph, model: Model, states: str, maskf: str) -> None:
 
 def write_onnx_folder(model: Model, folder: Path) -> dict:
     import onnx
-    from ..bench.size import param_count
+    from ..model.info import param_count
     from ..model.save import write_tokenizer_files
     if model.is_causal:
         from .onnx_decoder import build_decoder

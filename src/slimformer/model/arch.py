@@ -99,6 +99,11 @@ class ArchMap:
     def linears(self) -> list[str]:
         return [name for b in self.blocks for name in b.linears]
 
+    @property
+    def input_groups(self) -> list[list[str]]:
+        """Every block's groups of linears that read one input (q/k/v, o, gate/up, down)."""
+        return [g for b in self.blocks for g in b.input_groups]
+
 
 def get_module(root: nn.Module, name: str) -> nn.Module:
     return root.get_submodule(name) if name else root

@@ -35,6 +35,23 @@ def stored_weights(module) -> int:
                for m in module.modules() if hasattr(m, "qweight"))
 
 
+def unique_tensors(model: Model, buffers: bool = False):
+    seen = set()
+    items = list(model.module.parameters()) + (list(model.module.buffers()) if buffers else [])
+    for t in items:
+        if t.data_ptr() in seen:  # tied weights count once
+            continue
+        seen.add(t.data_ptr())
+        yield t
+
+
+def param_count(model: Model) -> int:
+    """Weights of the model, quantized ones included (as the number of values they stand for)."""
+    if model.runtime != "torch":
+        return model.module.param_count()
+    return sum(t.numel() for t in unique_tensors(model)) + stored_weights(model.module)
+
+
 def _count(model: Model, names) -> tuple[int, set]:
     total, seen = 0, set()
     for name in names:

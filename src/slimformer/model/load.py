@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from ..atomic import atomic_dir
 from ..errors import ModelNotFoundError
+from ..nn import build_modules, link_input_groups
 from .arch import conv1d_to_linear, get_module, set_module
 from .families import ENCODER_TYPES, build_arch_map, check_supported
 from . import sparse_io
@@ -60,10 +61,10 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
         else:
             module = cls.from_pretrained(folder, config=cfg, dtype=dtype, trust_remote_code=False)
             _normalise_conv1d(module)
-    except (RuntimeError, OSError, ValueError, KeyError) as e:
-        raise ModelNotFoundError(f"{folder}: the weights cannot be loaded ({_first_line(e)}); check that "
-                                 "config.json matches the weight files") from None
+    except _weight_read_errors() as e:
+        raise _weight_error(folder, e) from None
     module.eval()
+    check_finite(module, folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as e:
@@ -77,10 +78,57 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
     model = Model(module=module, tokenizer=tokenizer, arch=arch, source=str(folder), path=folder,
                   pooling=pooling, extra_files=extra, log=list(meta.get("stages", [])), masks=masks,
                   source_bytes=sum(p.stat().st_size for p in weights))
-    if meta.get("quant"):
-        from ..quant.fusion import link_input_groups
-        link_input_groups(model)  # runtime links of q/k/v and gate/up, as after quantizing
+    if meta.get("modules") or meta.get("quant"):
+        link_input_groups(model.module, arch.input_groups)  # runtime links of q/k/v and gate/up
     return model
+
+
+def _weight_read_errors() -> tuple[type[BaseException], ...]:
+    """What reading weight files raises: a truncated or corrupt safetensors file raises the Rust
+    binding's SafetensorError (not an OSError); torch.load(weights_only=True) raises
+    UnpicklingError for a pickle that would run code (transformers may wrap it in an OSError)."""
+    import pickle
+    from safetensors import SafetensorError
+    return (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
+
+
+def _weight_error(folder: Path, e: BaseException) -> Exception:
+    """The one-line error for a weight file that cannot be read (see _weight_read_errors)."""
+    import pickle
+    from safetensors import SafetensorError
+    from ..errors import CorruptModelError
+    chain = [e]  # transformers re-raises some errors as OSError: look through the causes
+    while len(chain) < 8 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    refused = [c for c in chain if isinstance(c, pickle.UnpicklingError)]
+    if refused:  # the innermost one names the global it would have called
+        return CorruptModelError(f"{folder}: a pickled weight file (.bin) holds objects other than tensors, "
+                                 f"which could run code ({_first_line(refused[-1])}); torch.load("
+                                 "weights_only=True) refused it, nothing in it ran. Convert a checkpoint you "
+                                 "trust to safetensors, or use a safetensors copy of the model")
+    if any(isinstance(c, SafetensorError) for c in chain):
+        return CorruptModelError(f"{folder}: a .safetensors file is truncated or corrupt ({_first_line(e)}); "
+                                 "download or copy the model again")
+    return ModelNotFoundError(f"{folder}: the weights cannot be loaded ({_first_line(e)}); check that "
+                              "config.json matches the weight files")
+
+
+def check_finite(module: torch.nn.Module, folder: Path | str) -> None:
+    """Refuse weights holding NaN or inf (a diverged or corrupt checkpoint): every score would be NaN
+    and GPTQ's Hessian inverse would fail. One sum per floating-point parameter and buffer (a NaN or
+    inf element makes the sum NaN or inf); an element-wise check only where the sum is not finite."""
+    from ..errors import CorruptModelError
+    with torch.no_grad():
+        for kind, named in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+            for name, t in named:
+                if not t.is_floating_point() or t.numel() == 0 or torch.isfinite(t.sum()):
+                    continue
+                nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+                if nan or inf:  # else the sum only overflowed
+                    raise CorruptModelError(
+                        f"{folder}: {kind} {name} holds {nan:,} NaN and {inf:,} inf values (of "
+                        f"{t.numel():,}); the file is corrupt or its training diverged: download it again "
+                        "or use an earlier checkpoint")
 
 
 def _slimformer_meta(folder: Path) -> dict:
@@ -94,16 +142,12 @@ def _load_slimformer_weights(cls, cfg, folder: Path, meta: dict, dtype: torch.dt
     module = cls.from_config(cfg, dtype=dtype)
     _normalise_conv1d(module)  # the file holds the linear [out, in] layout
     stored = load_file(str(folder / SPARSE_WEIGHTS))
+    build_modules(module, _described_modules(meta))  # compressed modules, empty, of the stored form
     if meta.get("trim"):
         from .shapes import apply_shape_map
         shapes = {k: tuple(v.shape) for k, v in stored.items() if not k.endswith(sparse_io.SUFFIXES)}
         shapes.update({k: tuple(stored[f"{k}.__shape"].tolist()) for k in sparse_io.packed_names(stored)})
         apply_shape_map(module, shapes, meta["trim"])
-    if meta.get("quant"):
-        from ..quant.modules import QuantLinear
-        from .arch import set_module
-        for name, desc in meta["quant"]["layers"].items():
-            set_module(module, name, QuantLinear.empty_like(desc))
     state, masks = {}, {}
     for key in sparse_io.packed_names(stored):
         state[key], keep = sparse_io.unpack(key, stored)
@@ -115,6 +159,17 @@ def _load_slimformer_weights(cls, cfg, folder: Path, meta: dict, dtype: torch.dt
                        f"unexpected {sorted(unexpected)[:3]})")
     module.tie_weights()
     return module, masks
+
+
+def _described_modules(meta: dict) -> dict[str, dict]:
+    """slimformer.json's compressed modules ("modules"; folders of 0.1 kept quantized linears under
+    "quant" and low-rank factors under "trim")."""
+    described = dict(meta.get("modules", {}))
+    for name, desc in meta.get("quant", {}).get("layers", {}).items():
+        described.setdefault(name, {"type": "quant_linear", **desc})
+    for name, (n_in, rank, n_out, bias) in meta.get("trim", {}).get("lowrank", {}).items():
+        described.setdefault(name, {"type": "low_rank", "in": n_in, "rank": rank, "out": n_out, "bias": bias})
+    return described
 
 
 def _normalise_conv1d(module) -> None:

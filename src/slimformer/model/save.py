@@ -10,15 +10,14 @@ transformers refuses such a folder (no model.safetensors) instead of loading it 
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from safetensors.torch import save_file
 
-import slimformer
-
 from ..atomic import atomic_dir
+from ..nn import describe_modules
+from ..version import __version__
 from . import sparse_io
 from .model import Model
 
@@ -34,19 +33,20 @@ def save(model: Model, out: str | os.PathLike, overwrite: bool = False, dense: b
 
 
 def write_folder(model: Model, folder: Path, dense: bool = False) -> None:
-    meta = {"slimformer_version": slimformer.__version__, "source": model.source, "stages": model.log}
+    meta = {"slimformer_version": __version__, "source": model.source, "stages": model.log}
     from .shapes import config_mismatches
-    quant = quantized_layers(model)
-    nonstandard = [] if quant else config_mismatches(model)
-    if (quant or nonstandard) and dense:
-        raise ValueError("a quantized model, or a trimmed one its config cannot describe, cannot be "
-                         "saved as a plain dense folder; save it without dense=True")
-    if (model.masks or quant or nonstandard) and not dense:
+    compressed = describe_modules(model.module)
+    nonstandard = [] if compressed else config_mismatches(model)
+    if (compressed or nonstandard) and dense:
+        raise ValueError("a model with compressed modules (quantized, low-rank), or a trimmed one its "
+                         "config cannot describe, cannot be saved as a plain dense folder; save it without dense=True")
+    if (model.masks or compressed or nonstandard) and not dense:
         meta.update(_write_sparse(model, folder))
     else:
         _write_dense(model, folder)
     write_tokenizer_files(model, folder)
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    from ..results import dumps  # strict JSON: a NaN in a stage log is written as null
+    (folder / META_FILE).write_text(dumps(meta, indent=2) + "\n")
 
 
 def write_tokenizer_files(model: Model, folder: Path) -> None:
@@ -55,11 +55,6 @@ def write_tokenizer_files(model: Model, folder: Path) -> None:
     for rel, data in model.extra_files.items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(data)
-
-
-def quantized_layers(model: Model) -> dict[str, dict]:
-    from ..quant.modules import QuantLinear
-    return {n: m.describe() for n, m in model.module.named_modules() if isinstance(m, QuantLinear)}
 
 
 def _write_dense(model: Model, folder: Path) -> None:
@@ -90,9 +85,7 @@ def _write_sparse(model: Model, folder: Path) -> dict:
         model.module.generation_config.save_pretrained(folder)
     meta = {"weights": SPARSE_WEIGHTS, "layout": "linear",
             "sparse": {"format": sparse_io.FORMAT, "tensors": sorted(masked)}, "tied": tied}
-    quant = quantized_layers(model)
-    if quant:
-        meta["quant"] = {"format": "slimq-v1", "layers": quant}
+    meta["modules"] = describe_modules(model.module)  # quantized, low-rank: rebuilt empty at load
     from .shapes import shape_map
-    meta["trim"] = shape_map(model)  # head counts and low-rank factors the config cannot hold
+    meta["trim"] = shape_map(model)  # head counts the config cannot hold
     return meta

@@ -15,7 +15,8 @@ import copy
 import torch
 from torch import nn
 
-from .arch import get_module, set_module
+from ..nn import compressed_modules
+from .arch import get_module
 from .families import ATTENTION_SETTERS, CONFIG_KEYS
 from .model import Model
 
@@ -45,9 +46,9 @@ def uniform(model: Model) -> bool:
 
 def config_mismatches(model: Model) -> list[str]:
     """Tensors whose shape plain transformers would not build from the config (empty: standard)."""
-    from .save import quantized_layers
-    if quantized_layers(model):
-        return ["quantized linears"]
+    compressed = compressed_modules(model.module)
+    if compressed:
+        return [f"{name} ({type(m).__name__})" for name, m in compressed.items()]
     try:
         with torch.device("meta"):
             ref = type(model.module)(copy.deepcopy(model.module.config))
@@ -69,19 +70,13 @@ def config_mismatches(model: Model) -> list[str]:
 
 def shape_map(model: Model) -> dict:
     """What `apply_shape_map` needs besides the stored tensor shapes: head counts per attention
-    module, and the low-rank factorised linears."""
-    from ..trim.lowrank import LowRankLinear
+    module (compressed modules such as low-rank factors are described by nn/registry.py)."""
     attention = {b.attn.module: [b.attn.n_heads, b.attn.n_kv_heads, b.attn.head_dim] for b in model.arch.blocks}
-    lowrank = {n: [m.in_features, m.rank, m.out_features, m.b.bias is not None]
-               for n, m in model.module.named_modules() if isinstance(m, LowRankLinear)}
-    return {"family": model.arch.family, "attention": attention, "lowrank": lowrank}
+    return {"family": model.arch.family, "attention": attention}
 
 
 def apply_shape_map(module: nn.Module, shapes: dict[str, tuple], trim: dict) -> None:
     """Reshape a module built from its config to the stored tensors' shapes (before loading them)."""
-    from ..trim.lowrank import LowRankLinear
-    for name, (n_in, rank, n_out, bias) in trim.get("lowrank", {}).items():
-        set_module(module, name, LowRankLinear.empty(n_in, rank, n_out, bias))
     setter = ATTENTION_SETTERS[trim["family"]]
     for name, (n_heads, n_kv, head_dim) in trim.get("attention", {}).items():
         setter(get_module(module, name), n_heads, n_kv, head_dim)

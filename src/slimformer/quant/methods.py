@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine.hessian import HessianInfo, inverse_cholesky
-from .spec import QuantSpec, fake_quantize, params_for, quantize, quantize_with
+from ..nn.spec import QuantSpec, fake_quantize, params_for, quantize, quantize_with
 
 
 @dataclass

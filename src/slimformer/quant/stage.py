@@ -6,18 +6,18 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from ..data.calibration import calibration_set
 from ..engine import run_sequential
 from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module, set_module
-from ..stages import register_stage
-from .fusion import link_input_groups
-from .methods import awq_scales, gptq, rtn, smoothquant_scales
-from .modules import ACTIVATIONS, QuantLinear, real_kernel
-from .spec import QuantSpec
+from ..nn.input_groups import link_input_groups
+from ..nn.quant_linear import ACTIVATIONS, QuantLinear, real_kernel
+from ..nn.spec import QuantSpec
+from ..stages import StageLog, register_stage
+from .methods import gptq, rtn
+from .smoothing import SmoothingConfig, smooth_block
 
 METHODS = ("rtn", "gptq", "awq")
 GROUPS = (0, 32, 64, 128, 256)
@@ -77,62 +77,62 @@ class QuantizeConfig:
             except re.error as e:
                 raise ConfigValueError(f"quantize ignore regex {rx!r} is invalid ({e})") from None
 
+    @property
+    def smoothing(self) -> SmoothingConfig | None:
+        """The smoothing these options request (applied before quantizing; see smoothing.py)."""
+        if self.smoothquant is not None:
+            return SmoothingConfig("smoothquant", alpha=float(self.smoothquant))
+        if self.method == "awq":
+            return SmoothingConfig("awq", awq_grid=int(self.awq_grid))
+        return None
+
     def needs_calibration(self) -> bool:
         return self.method != "rtn" or self.smoothquant is not None or self.activations == "static"
+
+
+@dataclass(kw_only=True)
+class QuantizeLog(StageLog):
+    """What a quantize did: the format, and the kernels the quantized linears run on."""
+    method: str
+    format: str  # QuantSpec.describe(), e.g. "int8 per-channel symmetric"
+    activations: str
+    granularity: str | None = None  # dynamic activations: token | tensor
+    smoothquant: float | None = None
+    act_order: bool = False
+    lm_head: str | None = None  # why the LM head was not quantized, when asked for and absent
+    kernels: dict[str, int] = field(default_factory=dict)  # {kernel: quantized linears on it}
+    fused_input_groups: int = 0  # q/k/v and gate/up groups that share one activation quantization
+    simulated: bool = False  # some linears have no integer kernel and run dequantized
+    # per-group / per-layer detail (results.json; the report counts them)
+    scales: dict | None = None  # {first linear of an input group: AWQ alpha, or "smoothquant"}
+    hessian_notes: list[str] | None = None  # GPTQ: layers whose Hessian needed more damping
+
+    DETAIL = ("scales", "hessian_notes")
 
 
 def _selected(cfg: QuantizeConfig, blk: BlockMap) -> list[str]:
     return [n for n in blk.linears if not any(re.search(rx, n) for rx in cfg.ignore)]
 
 
-def _fold_target(blk: BlockMap, group: list[str]) -> tuple[str, str] | None:
-    """Where a per-input-channel scale of `group` can be folded: ("norm", name) or ("rows", name)
-    of the op producing the group's input, when that output feeds nothing else."""
-    attn, ffn = blk.attn, blk.ffn
-    if group[0] in attn.inputs:
-        return ("norm", blk.attn_norm) if blk.pre_norm else None
-    if ffn.up in group:
-        return ("norm", blk.ffn_norm) if blk.pre_norm else None
-    if group == [attn.o] and attn.v and attn.n_kv_heads == attn.n_heads:
-        return ("rows", attn.v)
-    if group == [ffn.down] and ffn.gated:
-        return ("rows", ffn.up)  # act(gate) * up: scaling up's rows scales down's input
-    return None
-
-
-@torch.no_grad()
-def _fold(model: Model, target: tuple[str, str], s: torch.Tensor) -> None:
-    """Divide the producer's output channels by s (the consumers' weights are multiplied by s)."""
-    mod = get_module(model.module, target[1])
-    if target[0] == "norm":
-        mod.weight.div_(s.to(mod.weight.dtype))
-        if getattr(mod, "bias", None) is not None:
-            mod.bias.div_(s.to(mod.bias.dtype))
-    else:
-        mod.weight.div_(s.to(mod.weight.dtype)[:, None])
-        if mod.bias is not None:
-            mod.bias.div_(s.to(mod.bias.dtype))
-
-
 def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True) -> QuantizeLog:
     """Quantize `model` in place (its linears become QuantLinear). Returns the stage log."""
     cfg.validate()
     if cfg.granularity == "auto":
         cfg = dataclasses.replace(cfg, granularity="token" if model.is_causal else "tensor")
     spec = cfg.spec
-    log: dict = {"method": cfg.method, "format": spec.describe(), "activations": cfg.activations,
-                 "granularity": cfg.granularity if cfg.activations == "dynamic" else None,
-                 "smoothquant": cfg.smoothquant, "act_order": cfg.act_order}
+    log = QuantizeLog(stage="quantize", method=cfg.method, format=spec.describe(), activations=cfg.activations,
+                      granularity=cfg.granularity if cfg.activations == "dynamic" else None,
+                      smoothquant=cfg.smoothquant, act_order=cfg.act_order)
     kernels: Counter = Counter()
     notes: list[str] = []
     scaling = {}  # group head -> alpha (AWQ) or "smoothquant"
+    smoothing = cfg.smoothing
 
-    def make(name: str, lin: nn.Linear, W: torch.Tensor, stats, input_scale, act_absmax) -> None:
+    def make(name: str, lin: nn.Linear, stats, input_scale) -> None:
+        W = lin.weight.detach().float().clone()
         if cfg.method == "gptq":
-            H = stats.hessian()
-            if input_scale is not None:  # the layer now sees x * input_scale
-                H = H * input_scale[:, None] * input_scale[None, :]
+            H = stats.hessian()  # of the inputs the layer receives, smoothing included
             res = gptq(W, H, spec, cfg.blocksize, cfg.damp, cfg.act_order, model.masks.get(name))
             q, scales, zeros = res.q, res.scales, res.zeros
             if res.info.retries or res.info.dead_channels:
@@ -142,7 +142,7 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
             q, scales, zeros = rtn(W, spec)
         act_scale = None
         if cfg.activations == "static":
-            act_scale = float(act_absmax.max()) / 127 or 1.0
+            act_scale = float(stats.absmax.max()) / 127 or 1.0
         kernel = real_kernel(spec, cfg.activations, W.shape[1]) if cfg.kernel == "auto" else None
         kernels[kernel or "simulated"] += 1
         bias = lin.bias.detach() if lin.bias is not None else None
@@ -152,50 +152,30 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
 
     def rewrite(model: Model, blk: BlockMap, stats) -> dict:
         chosen = set(_selected(cfg, blk))
-        groups = [[n for n in g if n in chosen] for g in blk.input_groups]
-        # 1. Every group's input scale, from the weights as they came in (a fold into a producer
-        #    scales its rows, which per-row quantization grids follow exactly).
-        plan = []
-        for group in (g for g in groups if g):
-            Ws = [get_module(model.module, n).weight.detach().float() for n in group]
-            st = stats.get(group[0]) if stats else None
-            s, target = None, _fold_target(blk, group)
-            # SmoothQuant's own targets (the norm outputs) and every other input it can fold away
-            if cfg.smoothquant is not None and (group[0] in blk.attn.inputs or blk.ffn.up in group
-                                                or target is not None):
-                s = smoothquant_scales(st.absmax, Ws, float(cfg.smoothquant))
-                scaling[group[0]] = "smoothquant"
-            elif cfg.method == "awq" and target is not None:
-                s, alpha, _ = awq_scales(Ws, st.samples(), spec, cfg.awq_grid)
-                scaling[group[0]] = alpha
-            plan.append((group, st, s, target))
-        # 2. Fold the scales into their producers, then 3. quantize every linear.
-        for group, st, s, target in plan:
-            if s is not None and target is not None:
-                _fold(model, target, s)
-        for group, st, s, target in plan:
-            input_scale = 1.0 / s if s is not None and target is None else None
-            absmax = None
-            if st is not None and st.absmax is not None:
-                absmax = st.absmax / s if s is not None else st.absmax
-            for name in group:
-                lin = get_module(model.module, name)
-                W = lin.weight.detach().float().clone()
-                if s is not None:
-                    W = W * s[None, :]
-                make(name, lin, W, st, input_scale, absmax)
+        # 1. Smoothing, an exact transform: producers divided, every consumer's weights scaled, the
+        #    statistics rescaled to the inputs the layers now receive. 2. Quantize every chosen linear.
+        input_scales = {}
+        if smoothing is not None:
+            for g in smooth_block(model, blk, stats, smoothing, chosen, spec):
+                scaling[g.group[0]] = g.alpha if smoothing.method == "awq" else "smoothquant"
+                if g.target is None:  # kept inside the quantized layers: x -> x / s
+                    input_scales.update({n: 1.0 / g.s for n in g.scaled})
+        for group in blk.input_groups:
+            for name in (n for n in group if n in chosen):
+                make(name, get_module(model.module, name), stats.get(name) if stats else None,
+                     input_scales.get(name))
         return {}
 
     want = set()
     if cfg.method == "gptq":
         want.add("hessian")
-    if cfg.method == "awq":
-        want.add("sample")
-    if cfg.smoothquant is not None or cfg.activations == "static":
+    if cfg.activations == "static":
         want.add("absmax")
+    if smoothing is not None:
+        want |= smoothing.wants()
     if cfg.needs_calibration():
         calib = calibration_set(model, **(calibration or {}))
-        log["calibration"] = calib.describe()
+        log.calibration = calib.describe()
         run_sequential(model, calib, rewrite, want, select=lambda b: _selected(cfg, b),
                        progress=progress, desc=f"quantize {cfg.method}")
     else:
@@ -204,14 +184,12 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     if cfg.lm_head and model.arch.head is not None:
         _quantize_head(model, cfg, kernels)
     elif cfg.lm_head:
-        log["lm_head"] = "the model has no LM head; nothing to quantize there"
-    log["kernels"] = dict(kernels)
-    log["fused_input_groups"] = link_input_groups(model)
-    log["simulated"] = kernels.get("simulated", 0) > 0
-    if scaling:
-        log["scales"] = dict(scaling)
-    if notes:
-        log["hessian_notes"] = notes
+        log.lm_head = "the model has no LM head; nothing to quantize there"
+    log.kernels = dict(kernels)
+    log.fused_input_groups = link_input_groups(model.module, model.arch.input_groups)
+    log.simulated = kernels.get("simulated", 0) > 0
+    log.scales = dict(scaling) or None
+    log.hessian_notes = notes or None
     return log
 
 
@@ -234,6 +212,6 @@ def _quantize_head(model: Model, cfg: QuantizeConfig, kernels: Counter) -> None:
 
 @register_stage("quantize", QuantizeConfig, doc="int8 / int4 / int3 weights (RTN, GPTQ, AWQ) and int8 "
                 "activations (dynamic per token, or static with SmoothQuant), on integer kernels")
-def run(model: Model, cfg: QuantizeConfig, ctx) -> tuple[Model, dict]:
+def run(model: Model, cfg: QuantizeConfig, ctx) -> tuple[Model, QuantizeLog]:
     log = quantize_model(model, cfg, ctx.calibration_kwargs(), progress=ctx.progress)
     return model, log

@@ -28,12 +28,18 @@ DEFAULT_SOURCES = {"causal": ["wikitext2:validation"], "encoder": ["stsb:train",
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
+def names_test_split(spec: str) -> bool:
+    """Whether 'name:split' names a bundled set's test split (checked when the recipe is parsed)."""
+    name, _, split = str(spec).partition(":")
+    return name in BUNDLED and split == "test"
+
+
 def resolve_source(spec: str):
     """'name[:split]' of a bundled set, or a file path; the test split is refused."""
     name, _, split = str(spec).partition(":")
     if name in BUNDLED:
         split = split or next(s for s in BUNDLED[name] if s != "test")
-        if split == "test":
+        if names_test_split(f"{name}:{split}"):
             raise DataError(f"recovery must not train on the test split ({spec}); use train or validation")
         return resolve_data(name, split)
     return resolve_data(spec, "train")

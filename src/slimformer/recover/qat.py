@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from ..model import Model, get_module, set_module
-from ..quant.fusion import link_input_groups
-from ..quant.modules import QuantLinear
-from ..quant.spec import group_index
+from ..nn.input_groups import link_input_groups
+from ..nn.quant_linear import QuantLinear
+from ..nn.spec import group_index
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -102,4 +102,4 @@ def to_real(model: Model, names: list[str]) -> None:
     """Round the trained weights onto their grids: QuantLinear on integer kernels again."""
     for name in names:
         set_module(model.module, name, get_module(model.module, name).to_quant())
-    link_input_groups(model)
+    link_input_groups(model.module, model.arch.input_groups)

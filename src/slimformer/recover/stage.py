@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..errors import ConfigValueError
 from ..model import Model
-from ..stages import register_stage
-from .data import TrainSet, build_train_set
+from ..stages import StageLog, register_stage
+from .data import TrainSet, build_train_set, names_test_split
 from .heldout import held_out_evaluation
 from .gradual import prunable
 from .losses import LossWeights
@@ -105,11 +105,44 @@ class RecoverConfig:
             if self.lora:
                 raise ConfigValueError("gradual pruning changes the dense weights, which LoRA freezes; "
                                        "use lora: 0 with prune_to")
+        for spec in self.data:
+            if names_test_split(spec):
+                raise ConfigValueError(f"recover data {spec!r}: recovery must not train on the test split; "
+                                       "use train or validation")
+        if self.eval is not None and names_test_split(self.eval):
+            raise ConfigValueError(f"recover eval {self.eval!r}: the best checkpoint must not be chosen on the "
+                                   "test split; use heldout or a dev split (stsb:dev)")
         for rx in self.prune_ignore:
             try:
                 re.compile(rx)
             except re.error as e:
                 raise ConfigValueError(f"recover prune_ignore regex {rx!r} is invalid ({e})") from None
+
+
+@dataclass(kw_only=True)
+class RecoverLog(StageLog):
+    """What a recover did: held-out quality before and after, and what training cost."""
+    metric: str  # the held-out evaluation's name
+    higher_is_better: bool
+    before: float
+    after: float
+    steps: int  # optimizer steps done
+    tokens: int  # training tokens seen
+    train_wall_s: float
+    best_step: int | None  # the evaluated step whose weights were kept (None: no evaluation)
+    stopped_early: bool = False
+    stopped_by_time: bool = False
+    resumed_from: int | None = None  # the checkpoint's step, when resumed
+    qat_layers: int = 0  # quantized linears trained through fake quantization
+    lora: int = 0
+    data: dict = field(default_factory=dict)  # {"sources", "examples", "heldout", "seq_len"}
+    gradual_sparsity: float | None = None  # prune_to: the sparsity gradual pruning reached
+    masked_fraction: float | None = None  # zeros kept by the pruning masks, over masked weights
+    # detail (results.json; the report shows the curves)
+    config: dict = field(default_factory=dict)  # the RecoverConfig as run (defaults resolved), data aside
+    history: list[dict] = field(default_factory=list)  # {"step", "loss"} / {"step", "eval"} entries
+
+    DETAIL = ("config", "history")
 
 
 def _resolved(cfg: RecoverConfig, model: Model) -> RecoverConfig:
@@ -135,7 +168,7 @@ def _select_trainable(model: Model, how: str) -> None:
 
 
 def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | None = None,
-            resume: bool = False, progress: bool = True) -> dict:
+            resume: bool = False, progress: bool = True) -> RecoverLog:
     """Distil `original` into `model` in place; returns the stage log."""
     cfg.validate()
     cfg = _resolved(cfg, model)
@@ -189,25 +222,25 @@ def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | 
     after = evaluation.fn(model)
     if not cfg.keep_checkpoints and not own_dir:
         shutil.rmtree(work, ignore_errors=True)
-    log = {"metric": evaluation.name, "higher_is_better": evaluation.higher_is_better,
-           "before": before, "after": after, "steps": result.steps_done, "tokens": result.tokens,
-           "train_wall_s": result.wall_s, "best_step": result.best_step, "stopped_early": result.stopped_early,
-           "resumed_from": result.resumed_from, "stopped_by_time": result.stopped_by_time, "qat_layers": len(qat), "lora": cfg.lora,
-           "data": {"sources": data.sources, "examples": len(data), "heldout": len(data.heldout),
-                    "seq_len": data.seq_len},
-           "settings": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data",)},
-           "history": result.history}
+    log = RecoverLog(
+        stage="recover", metric=evaluation.name, higher_is_better=evaluation.higher_is_better,
+        before=before, after=after, steps=result.steps_done, tokens=result.tokens, train_wall_s=result.wall_s,
+        best_step=result.best_step, stopped_early=result.stopped_early, stopped_by_time=result.stopped_by_time,
+        resumed_from=result.resumed_from, qat_layers=len(qat), lora=cfg.lora,
+        data={"sources": data.sources, "examples": len(data), "heldout": len(data.heldout), "seq_len": data.seq_len},
+        config={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data",)},
+        history=result.history)
     if gradual:
-        log["gradual_sparsity"] = result.sparsity
+        log.gradual_sparsity = result.sparsity
     if model.masks:
         zero = sum(int((~m).sum()) for m in model.masks.values())
-        log["masked_fraction"] = zero / max(1, sum(m.numel() for m in model.masks.values()))
+        log.masked_fraction = zero / max(1, sum(m.numel() for m in model.masks.values()))
     return log
 
 
 @register_stage("recover", RecoverConfig, doc="retrain by distillation from the original (KL / cosine), "
                 "masks and quantization kept (QAT), optional LoRA and gradual pruning")
-def run(model: Model, cfg: RecoverConfig, ctx) -> tuple[Model, dict]:
+def run(model: Model, cfg: RecoverConfig, ctx) -> tuple[Model, RecoverLog]:
     log = recover(model, ctx.original, cfg, getattr(ctx, "work_dir", None), getattr(ctx, "resume", False),
                   progress=ctx.progress)
     return model, log

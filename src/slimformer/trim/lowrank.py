@@ -14,35 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..nn.lowrank import LowRankLinear
+
 # Two GEMMs and an extra activation round trip cost more than their FLOPs: require this margin.
 MAX_COST_RATIO = 0.8
-
-
-class LowRankLinear(nn.Module):
-    """y = b(a(x)): `a` in -> rank without bias, `b` rank -> out with the original bias."""
-
-    def __init__(self, a: nn.Linear, b: nn.Linear):
-        super().__init__()
-        self.a, self.b = a, b
-
-    @classmethod
-    def empty(cls, n_in: int, rank: int, n_out: int, bias: bool) -> "LowRankLinear":
-        return cls(nn.Linear(n_in, rank, bias=False), nn.Linear(rank, n_out, bias=bias))
-
-    @property
-    def in_features(self) -> int:
-        return self.a.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.b.out_features
-
-    @property
-    def rank(self) -> int:
-        return self.a.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(self.a(x))
 
 
 def worth_factoring(n_in: int, n_out: int, rank: int) -> bool:

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..bench.size import param_count
+from ..model.info import param_count
 from ..data.calibration import calibration_set
 from ..engine import run_sequential
 from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module, set_module
 from ..model.shapes import config_mismatches, uniform
-from ..stages import register_stage
+from ..stages import StageLog, register_stage
 from . import scores as S
 from .layers import block_influence, choose_by_loss
 from .lowrank import factorize, worth_factoring
@@ -89,6 +89,34 @@ class TrimConfig:
                     or self.lowrank)
 
 
+@dataclass(kw_only=True)
+class TrimLog(StageLog):
+    """What a trim removed, and the shapes it left."""
+    score: str
+    allocation: str
+    layer_score: str | None = None  # layers: block_influence | loss
+    layers_dropped: list[int] | None = None  # indices of the removed blocks (in the model as it came)
+    params_fraction_removed: float | None = None  # params: the head / FFN fraction that reaches it
+    heads_removed_per_block: list[int] | None = None
+    ffn_removed_per_block: list[int] | None = None
+    hidden: dict | None = None  # {"removed", "hidden_size"} (+ "head_dim" when heads shrank with it)
+    lowrank_method: str | None = None
+    params_before: int = 0
+    params_after: int = 0
+    params_ratio: float = 1.0
+    uniform: bool = True  # every block has the same shapes
+    standard: bool = True  # the model's config describes it (plain transformers loads it)
+    nonstandard: list[str] = field(default_factory=list)  # the first mismatches, when not standard
+    # per-block / per-layer detail (results.json; the report shows a table or a summary)
+    block_influence: list[float] | None = None  # layers: each block's score before any was removed
+    layer_rounds: list | None = None  # layer_score loss: what each greedy round measured
+    lowrank_ranks: dict | None = None  # {linear: rank}
+    lowrank_skipped: dict | None = None  # {linear: why it stayed dense}
+    blocks: list[dict] = field(default_factory=list)  # {"heads", "kv_heads", "ffn"} per block, after
+
+    DETAIL = ("block_influence", "layer_rounds", "lowrank_ranks", "lowrank_skipped", "blocks")
+
+
 def _check_amount(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
             (value >= 1 and value != int(value)):
@@ -96,7 +124,7 @@ def _check_amount(name: str, value) -> None:
 
 
 def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, original: Model | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True) -> TrimLog:
     """Trim `model` in place. Returns the stage log."""
     cfg.validate()
     for name in model.arch.linears:
@@ -106,51 +134,53 @@ def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, o
                                    "Linear; put trim before prune and quantize in the recipe, and low-rank "
                                    "factorisation in the last trim")
     before = param_count(model)
-    log: dict = {"score": cfg.score, "allocation": cfg.allocation}
+    log = TrimLog(stage="trim", score=cfg.score, allocation=cfg.allocation)
     needs_data = cfg.layers or cfg.score != "magnitude" or cfg.compensate != "none" or \
         (cfg.lowrank and cfg.lowrank_method == "asvd")
     calib = calibration_set(model, **(calibration or {})) if needs_data else None
     if calib is not None:
-        log["calibration"] = calib.describe()
+        log.calibration = calib.describe()
     grad_batches = calib.batches[:cfg.grad_samples] if calib is not None else []
     reference = original or model
     if cfg.layers:
-        log["layers"] = _trim_layers(model, cfg, calib, grad_batches, reference, progress)
+        _trim_layers(model, cfg, calib, grad_batches, reference, progress, log)
     if cfg.params is not None:
         frac = _fraction_for_params(model, cfg, before)
         cfg = dataclasses.replace(cfg, heads=frac, ffn=frac)
-        log["params_fraction_removed"] = round(frac, 4)
+        log.params_fraction_removed = round(frac, 4)
     if cfg.heads or cfg.kv_heads or cfg.ffn or cfg.hidden:
         taylor = None
         if cfg.score == "taylor":
             taylor = taylor_scores(model, grad_batches, loss_targets(model, reference, grad_batches),
                                    hidden=bool(cfg.hidden))
-        log.update(trim_width(model, cfg, calib, taylor, progress))
+        cut = trim_width(model, cfg, calib, taylor, progress)
+        log.heads_removed_per_block, log.ffn_removed_per_block, log.hidden = cut.heads, cut.ffn, cut.hidden
     if cfg.lowrank:
-        log["lowrank"] = _lowrank(model, cfg, calib, progress)
+        log.lowrank_method = cfg.lowrank_method
+        log.lowrank_ranks, log.lowrank_skipped = _lowrank(model, cfg, calib, progress)
     after = param_count(model)
     mismatches = config_mismatches(model)
-    log.update({"params_before": before, "params_after": after, "params_ratio": after / before,
-                "uniform": uniform(model), "standard": not mismatches, "nonstandard": mismatches[:5],
-                "blocks": [{"heads": b.attn.n_heads, "kv_heads": b.attn.n_kv_heads, "ffn": b.ffn.width}
-                           for b in model.arch.blocks]})
+    log.params_before, log.params_after, log.params_ratio = before, after, after / before
+    log.uniform, log.standard, log.nonstandard = uniform(model), not mismatches, mismatches[:5]
+    log.blocks = [{"heads": b.attn.n_heads, "kv_heads": b.attn.n_kv_heads, "ffn": b.ffn.width}
+                  for b in model.arch.blocks]
     return log
 
 
-def _trim_layers(model: Model, cfg: TrimConfig, calib, grad_batches, reference, progress) -> dict:
+def _trim_layers(model: Model, cfg: TrimConfig, calib, grad_batches, reference, progress, log: TrimLog) -> None:
     n = amount(cfg.layers, model.arch.n_layers, "blocks")
     influence = block_influence(model, calib.batches)
-    entry: dict = {"score": cfg.layer_score, "block_influence": [round(float(v), 5) for v in influence]}
+    log.layer_score = cfg.layer_score
+    log.block_influence = [round(float(v), 5) for v in influence]
     if cfg.layer_score == "block_influence":
         drop = lowest(influence, n)
     else:
         targets = loss_targets(model, reference, grad_batches)
-        drop, rounds = choose_by_loss(model, n, grad_batches, targets, influence, cfg.layer_candidates, progress)
-        entry["rounds"] = rounds
+        drop, log.layer_rounds = choose_by_loss(model, n, grad_batches, targets, influence, cfg.layer_candidates,
+                                                progress)
     drop_blocks(model, drop)
     refresh(model)
-    entry["dropped"] = sorted(drop)
-    return entry
+    log.layers_dropped = sorted(drop)
 
 
 def _per_head_params(blk: BlockMap, model: Model) -> int:
@@ -191,7 +221,8 @@ def _fraction_for_params(model: Model, cfg: TrimConfig, before: int) -> float:
     return hi
 
 
-def _lowrank(model: Model, cfg: TrimConfig, calib, progress) -> dict:
+def _lowrank(model: Model, cfg: TrimConfig, calib, progress) -> tuple[dict, dict]:
+    """Factor the chosen linears; returns ({linear: rank}, {linear: why it stayed dense})."""
     chosen = {n: rank for blk in model.arch.blocks for n in blk.linears
               for rx, rank in cfg.lowrank.items() if re.search(rx, n)}
     if not chosen:
@@ -220,11 +251,11 @@ def _lowrank(model: Model, cfg: TrimConfig, calib, progress) -> dict:
     else:
         for blk in model.arch.blocks:
             factor(model, blk, None)
-    return {"method": cfg.lowrank_method, "ranks": done, "skipped": skipped}
+    return done, skipped
 
 
 @register_stage("trim", TrimConfig, doc="remove attention heads (GQA-aware), FFN neurons, blocks, hidden "
                 "channels, or factor linears to low rank: smaller dense matrices")
-def run(model: Model, cfg: TrimConfig, ctx) -> tuple[Model, dict]:
+def run(model: Model, cfg: TrimConfig, ctx) -> tuple[Model, TrimLog]:
     log = trim_model(model, cfg, ctx.calibration_kwargs(), original=ctx.original, progress=ctx.progress)
     return model, log

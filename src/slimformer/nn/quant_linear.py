@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import kernels
+from .registry import register_module
 from .spec import QuantSpec, dequantize, pack_int4, unpack_int4
 
 ACTIVATIONS = ("none", "dynamic", "static")
@@ -39,6 +40,7 @@ def real_kernel(spec: QuantSpec, act: str, in_features: int) -> str | None:
     return None
 
 
+@register_module("quant_linear")
 class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = False,
                  act: str = "none", kernel: str = "simulated", input_scale: bool = False,
@@ -91,10 +93,14 @@ class QuantLinear(nn.Module):
                 "granularity": self.granularity}
 
     @classmethod
-    def empty_like(cls, desc: dict) -> "QuantLinear":
+    def from_description(cls, desc: dict) -> "QuantLinear":
         spec = QuantSpec(desc["bits"], desc["group_size"], desc["symmetric"], desc.get("full_range", False))
         return cls(desc["in"], desc["out"], spec, desc["bias"], desc["act"], desc["kernel"], desc["input_scale"],
                    desc.get("granularity", "token"))
+
+    def to_onnx(self, g, x: str, name: str, lower) -> str:
+        from .quant_linear_onnx import quant_linear_to_onnx
+        return quant_linear_to_onnx(g, x, self, name)
 
     def codes(self) -> torch.Tensor:
         if self.spec.bits <= 4:
@@ -125,15 +131,19 @@ class QuantLinear(nn.Module):
         q, bias, smooth = self.codes(), self.bias, self.input_scale
         if self.kernel == "int8_dynamic":
             w_scale = self.scales[:, 0].contiguous()
-            packed = kernels.fbgemm_pack(q, w_scale, bias)  # bias fused into the one-token path
             w_t, colsum = q.t(), q.sum(1, dtype=torch.int32).float()
             per_tensor = self.granularity == "tensor"
+            fbgemm = kernels.fbgemm_exact()  # else the same arithmetic on torch._int_mm
+            packed = kernels.fbgemm_pack(q, w_scale, bias) if fbgemm else None  # bias fused in
 
             def fn(x):  # any leading dims: fbgemm flattens them itself
                 if smooth is not None:
                     x = x * smooth
-                if per_tensor or x.numel() == x.shape[-1]:  # fbgemm's fused kernel (one token: per token)
+                if fbgemm and (per_tensor or x.numel() == x.shape[-1]):  # fused (one token: per token)
                     return kernels.fbgemm_dynamic(x, packed)
+                if per_tensor:
+                    y = kernels.int8_per_tensor(x, w_t, colsum, w_scale)
+                    return y if bias is None else y.add_(bias)
                 y = kernels.int8_per_token(x.reshape(-1, x.shape[-1]), w_t, colsum, w_scale)
                 y = y if bias is None else y.add_(bias)
                 return y.view(*x.shape[:-1], y.shape[-1])

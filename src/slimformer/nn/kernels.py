@@ -61,6 +61,44 @@ def fbgemm_dynamic(x2: torch.Tensor, packed) -> torch.Tensor:
     return torch.ops.quantized.linear_dynamic(x2, packed, False)
 
 
+def int8_per_tensor(x: torch.Tensor, w_t: torch.Tensor, w_colsum: torch.Tensor,
+                    w_scale: torch.Tensor) -> torch.Tensor:
+    """What fbgemm's dynamic kernel computes (one asymmetric int8 range for the whole tensor),
+    on torch._int_mm; x [..., K] fp32 -> [..., N]."""
+    x2 = x.reshape(-1, x.shape[-1])
+    q, s, z = quantize_tokens(x2.reshape(1, -1))
+    acc = torch._int_mm(q.view_as(x2), w_t).to(torch.float32)
+    acc.sub_(w_colsum, alpha=float(z))
+    y = acc.mul_(s.view(())).mul_(w_scale)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+_FBGEMM_EXACT: bool | None = None
+
+
+def fbgemm_exact() -> bool:
+    """Whether fbgemm's dynamic int8 kernel computes exact int32 sums on this CPU.
+
+    Without VNNI (AVX2 only: AMD before Zen 4, many Intel CPUs) fbgemm multiplies uint8
+    activations by int8 weights with VPMADDUBSW, which adds pairs into int16 with saturation:
+    two products of 255 x 127 overflow, and full-range int8 weights give wrong outputs (PyTorch's
+    own quantize_dynamic avoids it with 7-bit activations, reduce_range). Checked once by
+    computing such a worst case both ways; where it fails, every call runs on torch._int_mm.
+    """
+    global _FBGEMM_EXACT
+    if _FBGEMM_EXACT is None:
+        k, n = 64, 8
+        q = torch.full((n, k), 127, dtype=torch.int8)
+        q[1::2] = -127
+        x = torch.ones(1, k)
+        x[0, ::4] = -1.0  # the range spans [-1, 1]: codes 0 and 255, the widest products
+        scale = torch.ones(n)
+        fast = fbgemm_dynamic(x, fbgemm_pack(q, scale, None))
+        exact = int8_per_token(x, q.t(), q.sum(1, dtype=torch.int32).float(), scale)
+        _FBGEMM_EXACT = bool(torch.allclose(fast, exact, rtol=1e-4, atol=1e-3))
+    return _FBGEMM_EXACT
+
+
 def kernel_group(in_features: int, group_size: int) -> int | None:
     """Group size the int4 kernel can use to hold groups of `group_size` exactly (a divisor of
     both, since a wide group is the same scale repeated over narrower ones), or None."""

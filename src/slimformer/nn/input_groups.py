@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .modules import QuantLinear
+from .quant_linear import QuantLinear
 
 FUSIBLE = ("int8_dynamic", "int8_static", "int8_weight", "int4_weight")
 
@@ -86,23 +86,22 @@ def _same_format(ms: list[QuantLinear]) -> bool:
                and same(m.act_scale, a.act_scale) for m in ms)
 
 
-def link_input_groups(model) -> int:
-    """Link the quantized linears of each block that share an input; returns how many groups.
-    Members must share format, kernel, smoothing and activation scale; others run alone."""
-    from ..model import get_module
+def link_input_groups(root, groups: list[list[str]]) -> int:
+    """Link the quantized linears of `root` that share an input (each of `groups` names the linears
+    reading one input: q/k/v, gate/up); returns how many groups. Members must share format, kernel,
+    smoothing and activation scale; others run alone."""
     n = 0
-    for blk in model.arch.blocks:
-        for names in blk.input_groups:
-            ms = [get_module(model.module, name) for name in names]
-            for m in ms:
-                if isinstance(m, QuantLinear):
-                    m.unlink()
-            if len(ms) < 2 or not all(isinstance(m, QuantLinear) and m.kernel in FUSIBLE for m in ms):
-                continue
-            if not _same_format(ms):
-                continue
-            group = InputGroup(ms)
-            for i, m in enumerate(ms):
-                m.link(group, i)
-            n += 1
+    for names in groups:
+        ms = [root.get_submodule(name) for name in names]
+        for m in ms:
+            if isinstance(m, QuantLinear):
+                m.unlink()
+        if len(ms) < 2 or not all(isinstance(m, QuantLinear) and m.kernel in FUSIBLE for m in ms):
+            continue
+        if not _same_format(ms):
+            continue
+        group = InputGroup(ms)
+        for i, m in enumerate(ms):
+            m.link(group, i)
+        n += 1
     return n

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from slimformer.bench.timing import median, time_ms
-from slimformer.quant import kernels
+from slimformer.nn import kernels
 from slimformer.nn.spec import QuantSpec, quantize
 
 SHAPES = [(1, 576, 1536), (1, 1536, 576), (1, 576, 49152), (512, 576, 1536), (4096, 384, 1536), (4096, 1536, 384)]

@@ -49,8 +49,12 @@ def test_compress_writes_model_results_report(tiny, tiny_dir, tmp_path, halve_st
     assert results["quality"]["compressed"]["model"] == "{}+halve".format(tiny["llama"].source)
     assert results["fidelity"]["value"] > 0  # the stage changed the outputs
     assert "throughput" in results["speed"]["ratios"]
-    assert "| perplexity" not in (out / "report.md").read_text() or True
-    assert "halve" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    q0, q1 = results["quality"]["original"]["value"], results["quality"]["compressed"]["value"]
+    # The summary's quality row carries the two perplexities of results.json and their change.
+    assert f"| ppl perplexity (wikitext2/test) | {q0:,.2f} | {q1:,.2f} | {q1 - q0:+.2f} |" in report
+    assert f"| fidelity kl vs original |  | {results['fidelity']['value']:,.4f} |  |" in report
+    assert "### 1. halve (" in report and "| halved | 2 |" in report  # the stage's settings table
     # The saved model is a standard HF folder with the stage applied; the original is untouched.
     saved = T.AutoModelForCausalLM.from_pretrained(out / "model")
     orig = T.AutoModelForCausalLM.from_pretrained(tiny_dir["llama"])

@@ -6,10 +6,10 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from slimformer.data import bundled_path, read_pairs, read_text
+from slimformer.data import bundled_path, read_pairs, read_sentences, read_text
 from slimformer.errors import ConfigValueError, DataError, UnsupportedModelError
 from slimformer.evaluate import evaluate, perplexity
-from slimformer.evaluate.fidelity import logit_fidelity
+from slimformer.evaluate.fidelity import embedding_fidelity, logit_fidelity
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
@@ -47,7 +47,6 @@ def test_perplexity_errors(tiny):
 @pytest.mark.parametrize("family", ["bert", "distilbert", "roberta"])
 def test_sts_equals_direct_computation(tiny, family):
     m = tiny[family]
-    pairs = read_pairs(bundled_path("stsb", "dev"))[:40]
     r = evaluate(m, "sts", data=str(bundled_path("stsb", "dev")), split="dev", batch_size=7)
 
     def embed(sentence):  # one sentence at a time: no padding at all
@@ -59,7 +58,7 @@ def test_sts_equals_direct_computation(tiny, family):
     cos = [torch.cosine_similarity(embed(p.a), embed(p.b), dim=0).item() for p in all_pairs]
     expected = spearmanr(cos, [p.score for p in all_pairs]).statistic * 100
     assert r.value == pytest.approx(expected, abs=1e-3)
-    assert r.n == len(all_pairs) and pairs
+    assert r.n == len(all_pairs)
 
 
 def test_fidelity_against_itself_and_a_perturbed_copy(tiny):
@@ -81,10 +80,26 @@ def test_fidelity_against_itself_and_a_perturbed_copy(tiny):
     assert r.value > 0
 
 
-def test_embedding_fidelity(tiny):
+def test_embedding_fidelity_against_itself_and_a_perturbed_copy(tiny):
     m = tiny["bert"]
     r = evaluate(m, "fidelity", reference=m, split="dev")
-    assert r.value == pytest.approx(1.0, abs=1e-6)
+    assert r.value == pytest.approx(1.0, abs=1e-6) and r.extra["min_cosine"] == pytest.approx(1.0, abs=1e-6)
+    other = copy.deepcopy(m)
+    with torch.no_grad():
+        for p in other.module.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    sentences = read_sentences(bundled_path("stsb", "dev"))[:60]
+    r = embedding_fidelity(other, m, sentences, batch_size=16)
+
+    def embed(model, sentence):  # one sentence at a time, mean pooling written here
+        enc = m.tokenizer([sentence], return_tensors="pt", truncation=True, max_length=128)
+        with torch.no_grad():
+            return model.module(**enc).last_hidden_state[0].mean(0)
+
+    cos = torch.tensor([torch.cosine_similarity(embed(other, s), embed(m, s), dim=0).item() for s in sentences])
+    assert r.value == pytest.approx(cos.mean().item(), abs=1e-5)
+    assert r.extra["min_cosine"] == pytest.approx(cos.min().item(), abs=1e-5)
+    assert r.n == len(sentences) and r.value < 1 - 1e-3  # the perturbation is seen
     with pytest.raises(ConfigValueError, match="reference"):
         evaluate(m, "fidelity")
     with pytest.raises(ConfigValueError, match="kind"):

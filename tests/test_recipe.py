@@ -59,3 +59,31 @@ def test_registered_stage_is_validated_with_its_config(monkeypatch):
     assert [s.config.factor for s in r.stages] == [2.0, 1.0]
     with pytest.raises(RecipeError, match="options: factor"):
         parse_recipe({"stages": [{"scale": {"fctor": 2}}]})
+
+
+@pytest.mark.parametrize("stages,match", [
+    (["quantize", "prune"], r"stage 2 \(prune\) comes after quantize, which leaves no dense weights to prune; "
+                            r"order the stages trim / prune / quantize / recover$"),
+    (["prune", "quantize", "recover", {"trim": {"ffn": 0.5}}], r"stage 4 \(trim\) comes after quantize"),
+    (["quantize", "quantize"], r"stage 2 \(quantize\) comes after quantize"),
+    (["quantize", {"recover": {"lora": 8}}], r"stage 2 \(recover with lora\) comes after quantize.*lora: 0"),
+])
+def test_stage_order_is_checked_when_the_recipe_is_parsed(stages, match):
+    with pytest.raises(RecipeError, match=match):
+        parse_recipe({"stages": stages})
+
+
+def test_stage_orders_that_work_parse():
+    for stages in (["trim", "prune", "quantize", "recover"], ["prune", "trim", "recover", "quantize"],
+                   ["quantize", "recover", "recover"], [{"recover": {"lora": 8}}, "quantize"]):
+        stages = [{"trim": {"ffn": 0.5}} if s == "trim" else s for s in stages]
+        assert [next(iter(s)) if isinstance(s, dict) else s for s in stages] == \
+            [e.name for e in parse_recipe({"stages": stages}).stages]
+
+
+def test_prune_after_quantize_fails_before_any_work(tiny, tmp_path):
+    from slimformer import compress
+    recipe = {"stages": [{"quantize": {"bits": 8}}, {"prune": {"method": "magnitude", "sparsity": 0.5}}]}
+    with pytest.raises(RecipeError, match="comes after quantize"):
+        compress(tiny["llama"], recipe, out=tmp_path / "out", progress=False)
+    assert list(tmp_path.iterdir()) == []

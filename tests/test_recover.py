@@ -21,7 +21,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from slimformer.data import bundled_path
 from slimformer.errors import ConfigValueError, RecipeError, SlimformerError
 from slimformer.prune.stage import PruneConfig, prune_model
-from slimformer.quant.modules import QuantLinear
+from slimformer.nn.quant_linear import QuantLinear
 from slimformer.quant.stage import QuantizeConfig, quantize_model
 from slimformer.recipe import parse_recipe
 from slimformer.recover import RecoverConfig, recover
@@ -113,7 +113,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 # ---- the straight-through estimator --------------------------------------------------------------
 
 def test_fake_quant_weight_is_the_grid_and_passes_gradients_inside_the_range():
-    from slimformer.quant.spec import QuantSpec, dequantize, quantize
+    from slimformer.nn.spec import QuantSpec, dequantize, quantize
     torch.manual_seed(0)
     spec = QuantSpec(4, 8, False)
     W = torch.randn(3, 16)
@@ -149,7 +149,7 @@ def test_masks_stay_exactly_zero_after_every_step(tiny, family):
     finally:
         handle.remove()
     assert len(seen) == 6 * len(masks) and all(seen)
-    assert log["masked_fraction"] == pytest.approx(0.5)
+    assert log.masked_fraction == pytest.approx(0.5)
     changed = any(not torch.equal(before[n], student.module.get_submodule(n).weight) for n in masks)
     assert changed  # kept weights did train
 
@@ -189,7 +189,7 @@ def test_quantized_model_retrains_as_fake_quant_and_returns_to_integer_kernels(t
     log = recover(simulated, original, cfg, progress=False)
     recover(student, original, cfg, progress=False)
     after = {n: m.describe() for n, m in student.module.named_modules() if isinstance(m, QuantLinear)}
-    assert after == kinds and log["qat_layers"] == len(kinds)  # same formats, same integer kernels
+    assert after == kinds and log.qat_layers == len(kinds)  # same formats, same integer kernels
     assert not any(isinstance(m, FakeQuantLinear) for m in student.module.modules())
     for name, keep in student.masks.items():  # pruned weights are codes equal to the zero point
         assert (student.module.get_submodule(name).dequantized()[~keep] == 0).all()
@@ -213,7 +213,7 @@ def test_trimmed_encoder_recovers_towards_the_original(tiny):
     trim_model(student, TrimConfig(heads=0.5, ffn=0.5, score="magnitude", compensate="none"), None,
                original=original, progress=False)
     log = recover(student, original, quick(steps=20, lr=3e-3, eval_every=10), progress=False)
-    assert log["after"] < log["before"]  # held-out distillation loss
+    assert log.after < log.before  # held-out distillation loss
     assert student.module.get_submodule(student.arch.blocks[0].ffn.up).out_features == 48
 
 
@@ -221,7 +221,7 @@ def test_gradual_pruning_reaches_its_target_on_a_cubic_schedule(tiny):
     original = tiny["llama"]
     student = copy.deepcopy(original)
     log = recover(student, original, quick(steps=10, prune_to=0.6, prune_end=0.5, prune_every=2), progress=False)
-    assert log["gradual_sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert log.gradual_sparsity == pytest.approx(0.6, abs=0.01)
     for name, keep in student.masks.items():
         w = student.module.get_submodule(name).weight
         assert (w[~keep] == 0).all()
@@ -238,7 +238,7 @@ def test_lora_trains_adapters_only_and_merges_back(tiny):
     name = student.arch.blocks[0].attn.q
     assert not torch.equal(student.module.get_submodule(name).weight, original.module.get_submodule(name).weight)
     assert torch.equal(student.module.get_submodule(student.arch.embeddings[0]).weight, emb)
-    assert log["lora"] == 4
+    assert log.lora == 4
 
 
 def test_lora_on_a_quantized_model_is_a_clear_error(tiny):
@@ -370,12 +370,28 @@ def test_recipe_errors_name_what_fits():
         parse_recipe({"stages": [{"recover": {"prune_to": 1.5}}]})
     with pytest.raises(RecipeError, match="train must be blocks or all"):
         parse_recipe({"stages": [{"recover": {"train": "some"}}]})
-    with pytest.raises(RecipeError, match="must not train on the test split"):
-        from slimformer.recover.data import resolve_source
-        try:
-            resolve_source("stsb:test")
-        except SlimformerError as e:
-            raise RecipeError(str(e))
+
+
+
+@pytest.mark.parametrize("opts,match", [
+    ({"data": ["wikitext2:validation", "stsb:test"]}, "recover data 'stsb:test': recovery must not train on the test split"),
+    ({"data": ["wikitext2:test"]}, "must not train on the test split"),
+    ({"eval": "stsb:test"}, "recover eval 'stsb:test'.*must not be chosen on the test split"),
+])
+def test_test_split_is_refused_when_the_recipe_is_parsed(tiny, tmp_path, opts, match):
+    recipe = {"stages": [{"recover": {"steps": 2, **opts}}]}
+    with pytest.raises(RecipeError, match=match):
+        parse_recipe(recipe)
+    # Through compress, the recipe error comes before any work (a refusal by the running stage
+    # would be a DataError), and nothing is written.
+    from slimformer import compress
+    with pytest.raises(RecipeError, match=match):
+        compress(tiny["llama"], recipe, out=tmp_path / "out", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    # The stage's own entry refuses it too (the Python API, no recipe).
+    with pytest.raises(ConfigValueError, match="test split"):
+        recover(copy.deepcopy(tiny["llama"]), tiny["llama"], quick(**opts), progress=False)
+    assert parse_recipe({"stages": [{"recover": {"data": ["stsb:train"], "eval": "stsb:dev"}}]}).stages
 
 
 def test_compress_with_recover_writes_curves_and_reloads(tiny, tmp_path):
@@ -390,7 +406,7 @@ def test_compress_with_recover_writes_curves_and_reloads(tiny, tmp_path):
     assert (out / "recover_curves.png").stat().st_size > 1000
     assert "recover_curves.png" in (out / "report.md").read_text()
     assert not Path(f"{out}.recover").exists()  # checkpoints removed after a finished run
-    assert r.stages[-1]["stage"] == "recover" and r.stages[-1]["steps"] == 4
+    assert r.stages[-1].stage == "recover" and r.stages[-1].steps == 4
     again = load(out / "model")
     for name, keep in again.masks.items():
         assert (again.module.get_submodule(name).weight[~keep] == 0).all()

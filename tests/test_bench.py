@@ -4,7 +4,8 @@ import copy
 import pytest
 
 from slimformer.bench import BenchConfig, bench, compare
-from slimformer.bench.size import param_count, saved_size
+from slimformer.bench.size import saved_size
+from slimformer.model.info import param_count
 from slimformer.bench.timing import median, p90
 from slimformer.trim import TrimConfig, trim_model
 from slimformer.errors import ConfigValueError

@@ -77,3 +77,43 @@ def test_the_check_sees_an_upward_import():
     assert _imported_units(("model", "load.py"), src) == {"quant", "model"}
     assert _imported_units(("cli.py",), "from .model import load\nimport slimformer.nn.spec\n") == {"model", "nn"}
     assert LEVEL["quant"] > LEVEL["model"]
+
+
+def test_no_cycle_between_units():
+    """Same-layer imports are allowed (recover reads prune's masks, runtime reads export's files),
+    but never both ways round: the unit import graph has no cycle."""
+    graph = {}
+    for path in ROOT.rglob("*.py"):
+        unit = _unit(path)
+        deps = _imported_units(path.relative_to(ROOT).parts, path.read_text()) - {unit}
+        graph.setdefault(unit, set()).update(d for d in deps if d in LEVEL)
+    assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) is not None  # the check itself sees one
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph` as a path, or None (depth-first search, three colours)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(u):
+        state[u] = 1
+        stack.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == 1:
+                return stack[stack.index(v):] + [v]
+            if v not in state:
+                found = visit(v)
+                if found:
+                    return found
+        stack.pop()
+        state[u] = 2
+        return None
+
+    for u in sorted(graph):
+        if u not in state:
+            found = visit(u)
+            if found:
+                return found
+    return None

@@ -55,3 +55,38 @@ def test_save_roundtrip_is_bit_identical(tiny, tmp_path):
         a, b = tiny[family].module.state_dict(), again.module.state_dict()
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_folders_of_the_previous_format_still_load(tiny, tmp_path):
+    """slimformer 0.1.0 kept quantized linears under "quant" and low-rank factors under
+    "trim.lowrank" in slimformer.json (today: "modules"); such folders load bit-identically."""
+    import copy
+    import json
+
+    import torch
+
+    from slimformer import load, save
+    from slimformer.nn import LowRankLinear, QuantLinear
+    from slimformer.quant import QuantizeConfig, quantize_model
+    from slimformer.trim import TrimConfig, trim_model
+    cal = {"samples": 2, "seq_len": 16}
+    model = copy.deepcopy(tiny["llama"])
+    trim_model(model, TrimConfig(lowrank={r"mlp\.up_proj": 0.25}, lowrank_method="svd", compensate="none",
+                                 score="magnitude"), cal, progress=False)
+    quantize_model(model, QuantizeConfig(bits=8, ignore=[r"\.up_proj$"]), cal, progress=False)
+    save(model, tmp_path / "m")
+    meta_path = tmp_path / "m" / "slimformer.json"
+    meta = json.loads(meta_path.read_text())
+    modules = meta.pop("modules")
+    quant = {n: {k: v for k, v in d.items() if k != "type"} for n, d in modules.items() if d["type"] == "quant_linear"}
+    low = {n: [d["in"], d["rank"], d["out"], d["bias"]] for n, d in modules.items() if d["type"] == "low_rank"}
+    assert quant and low
+    meta["quant"] = {"format": "slimq-v1", "layers": quant}
+    meta["trim"]["lowrank"] = low
+    meta_path.write_text(json.dumps(meta))
+    again = load(tmp_path / "m")
+    assert all(isinstance(again.module.get_submodule(n), QuantLinear) for n in quant)
+    assert all(isinstance(again.module.get_submodule(n), LowRankLinear) for n in low)
+    ids = torch.randint(5, 300, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(again.module(ids).logits, model.module(ids).logits)

@@ -191,13 +191,70 @@ def test_kernels_compute_what_the_codes_mean(spec, act, kernel):
         assert float((y - ys).abs().max()) <= tol * float(ys.abs().max())
 
 
-def test_one_token_fbgemm_path_equals_the_per_token_path():
-    torch.manual_seed(0)
-    W = torch.randn(64, 128)
-    lin = QuantLinear.from_codes(*quantize(W, QuantSpec()), QuantSpec(), None, "dynamic", "int8_dynamic")
-    x = torch.randn(5, 128)
-    rows = torch.cat([lin(x[i:i + 1]) for i in range(5)])  # fbgemm, one row at a time
-    torch.testing.assert_close(rows, lin(x), rtol=1e-5, atol=1e-5)
+def _int8_reference(x: torch.Tensor, q: torch.Tensor, w_scale: torch.Tensor, per_tensor: bool) -> torch.Tensor:
+    """Asymmetric 8-bit activations (range including 0, one per row or per tensor), int64 sums."""
+    rows = x.reshape(1, -1) if per_tensor else x
+    lo = rows.amin(-1, keepdim=True).clamp(max=0)
+    hi = rows.amax(-1, keepdim=True).clamp(min=0)
+    s = torch.where(hi > lo, (hi - lo) / 255, torch.ones_like(hi))
+    z = torch.round(-128 - lo / s)
+    xq = (torch.round(rows / s) + z).clamp(-128, 127).view_as(x).to(torch.int64)
+    zz = z.expand(x.shape[0], 1) if per_tensor else z
+    acc = xq @ q.to(torch.int64).T - zz.to(torch.int64) * q.to(torch.int64).sum(1)[None, :]
+    return acc.double() * (s.view(-1)[0] if per_tensor else s).double() * w_scale.double()
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_exact_int8_kernels_equal_an_int64_reference(per_tensor):
+    """The _int_mm paths (used everywhere the fbgemm kernel is not exact) against int64 sums written
+    here; worst-case codes (+-127) and wide activations, where int16 pair sums would saturate."""
+    from slimformer.nn import kernels
+    g = torch.Generator().manual_seed(0)
+    q = torch.where(torch.rand(16, 128, generator=g) < 0.5, 127, -127).to(torch.int8)
+    w_scale = torch.rand(16, generator=g) + 0.5
+    x = torch.randn(6, 128, generator=g) * 3
+    colsum = q.sum(1, dtype=torch.int32).float()
+    fn = kernels.int8_per_tensor if per_tensor else kernels.int8_per_token
+    got = fn(x, q.t(), colsum, w_scale)
+    ref = _int8_reference(x, q, w_scale, per_tensor)
+    assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-3)
+
+
+def test_fbgemm_is_used_only_where_it_is_exact():
+    """fbgemm_exact() says whether fbgemm's kernel matches the int64 reference on a saturating case
+    built here (AVX2 without VNNI: it does not); where it does, it must also match on random data."""
+    from slimformer.nn import kernels
+    q = torch.full((8, 64), 127, dtype=torch.int8)
+    q[::2] = -127
+    x = torch.linspace(-1, 1, 64)[None, :]
+    ref = _int8_reference(x, q, torch.ones(8), per_tensor=False)
+    fast = kernels.fbgemm_dynamic(x, kernels.fbgemm_pack(q, torch.ones(8), None)).double()
+    assert kernels.fbgemm_exact() == bool(torch.allclose(fast, ref, rtol=1e-4, atol=1e-3))
+    if kernels.fbgemm_exact():
+        torch.manual_seed(0)
+        W = torch.randn(64, 128)
+        lin = QuantLinear.from_codes(*quantize(W, QuantSpec()), QuantSpec(), None, "dynamic", "int8_dynamic")
+        x = torch.randn(5, 128)
+        rows = torch.cat([lin(x[i:i + 1]) for i in range(5)])  # fbgemm, one row at a time
+        torch.testing.assert_close(rows, lin(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fbgemm", [False, True])
+@pytest.mark.parametrize("granularity", ["token", "tensor"])
+def test_int8_dynamic_layer_computes_the_reference_on_either_path(monkeypatch, fbgemm, granularity):
+    """QuantLinear's int8_dynamic forward, with fbgemm forced off (the path of CPUs without VNNI)
+    and, where fbgemm is exact here, on; one token and many, against the int64 reference."""
+    from slimformer.nn import kernels
+    if fbgemm and not kernels.fbgemm_exact():
+        pytest.skip("fbgemm's kernel saturates on this CPU (no VNNI); the other case covers it")
+    monkeypatch.setattr(kernels, "_FBGEMM_EXACT", fbgemm)
+    torch.manual_seed(1)
+    W = torch.randn(32, 96)
+    q, sc, z = quantize(W, QuantSpec())
+    lin = QuantLinear.from_codes(q, sc, z, QuantSpec(), None, "dynamic", "int8_dynamic", granularity=granularity)
+    for x in (torch.randn(1, 96) * 4, torch.randn(7, 96) * 4):
+        ref = _int8_reference(x, q, sc[:, 0], per_tensor=granularity == "tensor")
+        assert torch.allclose(lin(x).double(), ref, rtol=1e-4, atol=1e-3)
 
 
 # ---- the stage on models -------------------------------------------------------------------------
@@ -421,10 +478,10 @@ def test_granularity_auto_and_per_tensor_kernel(tiny):
     sim.kernel, sim._cache = "simulated", {}
     sim.unlink()  # alone, not through the (copied) q/k/v group
     x = torch.randn(3, 7, lin.in_features)
-    torch.testing.assert_close(lin(x), sim(x), rtol=1e-4, atol=1e-4)  # fbgemm: one range per call
+    torch.testing.assert_close(lin(x), sim(x), rtol=1e-4, atol=1e-4)  # one range per call (fbgemm, or int8_per_tensor without VNNI)
 
 
-# ---- q/k/v and gate/up as one kernel call (fusion.py) ---------------------------------------------
+# ---- q/k/v and gate/up as one kernel call (input_groups.py) ----------------------------------------
 
 def _unlinked_outputs(model, x):
     """The model's output with every layer running alone (the reference for the fused groups)."""

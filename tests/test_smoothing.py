@@ -58,6 +58,10 @@ CASES = [
     ("llama", [rf"\.{n}$" for n in LLAMA_LINEARS if n != "down_proj"],
      "model.layers.0.mlp.down_proj", "rows:model.layers.0.mlp.up_proj"),
     ("bert", [], "encoder.layer.0.attention.self.query", "inlayer"),
+    # BERT's o reads attention(v): its scale folds into the value rows (the one fold MiniLM's
+    # default recipe makes); q/k/v kept dense so value's columns stay unscaled
+    ("bert", [r"\.(query|key|value)$"], "encoder.layer.0.attention.output.dense",
+     "rows:encoder.layer.0.attention.self.value"),
 ]
 
 
@@ -118,11 +122,40 @@ def test_ignored_layer_in_a_smoothed_group_computes_what_it_did(tiny):
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5), (got - ref).abs().max()
 
 
-@pytest.mark.parametrize("family,method", [("llama", "smoothquant"), ("llama", "awq"), ("qwen2", "smoothquant")])
-def test_smoothing_alone_is_an_exact_transform(tiny, family, method):
-    """Smoothing every block, with one layer of a shared group left out of quantization, leaves the
-    model's logits unchanged (float tolerance) while its norms and weights did change."""
-    model0 = tiny[family]
+@pytest.fixture(scope="module")
+def llama_mha(tiny_dir, tmp_path_factory):
+    """A tiny Llama whose every head has its own K/V (no GQA): o's scale folds into v's rows."""
+    import shutil
+
+    import transformers as T
+    from slimformer.model import load
+    folder = tmp_path_factory.mktemp("llama-mha")
+    cfg = T.AutoConfig.from_pretrained(tiny_dir["llama"])
+    cfg.num_key_value_heads = cfg.num_attention_heads
+    torch.manual_seed(0)
+    T.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    for f in tiny_dir["llama"].iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, folder / f.name)
+    return load(folder)
+
+
+# (family, method, which linears are quantized: the rest kept dense; the transform must be exact)
+EXACT = [
+    ("llama", "smoothquant", lambda n: not n.endswith(".k_proj")),
+    ("llama", "awq", lambda n: not n.endswith(".k_proj")),
+    ("qwen2", "smoothquant", lambda n: not n.endswith(".k_proj")),
+    ("llama-mha", "smoothquant", lambda n: not n.endswith(".gate_proj")),  # v rows under o; up rows under down
+    ("gpt2", "smoothquant", lambda n: True),  # LayerNorm weight and bias divided
+    ("bert", "smoothquant", lambda n: n.endswith("attention.output.dense")),  # value rows (and bias)
+]
+
+
+@pytest.mark.parametrize("family,method,chosen", EXACT, ids=[f"{f}-{m}" for f, m, _ in EXACT])
+def test_smoothing_alone_is_an_exact_transform(tiny, llama_mha, family, method, chosen):
+    """Smoothing every block, with layers of shared groups left out of quantization, leaves the
+    model's outputs unchanged (float tolerance) while producers and weights did change."""
+    model0 = llama_mha if family == "llama-mha" else tiny[family]
     model = copy.deepcopy(model0)
     cfg = QuantizeConfig(method="rtn" if method == "smoothquant" else "awq", bits=4, group_size=32,
                          smoothquant=0.5 if method == "smoothquant" else None)
@@ -131,17 +164,19 @@ def test_smoothing_alone_is_an_exact_transform(tiny, family, method):
     applied = []
 
     def rewrite(m, blk, stats):
-        chosen = {n for n in blk.linears if not n.endswith(".k_proj")}
-        applied.extend(smooth_block(m, blk, stats, smoothing, chosen, cfg.spec))
+        applied.extend(smooth_block(m, blk, stats, smoothing, {n for n in blk.linears if chosen(n)}, cfg.spec))
         return {}
 
     run_sequential(model, calibration_set(model, **CAL), rewrite, smoothing.wants(), progress=False)
     assert applied and all(g.target is not None for g in applied)
-    assert any(g.group[0].endswith("q_proj") and any(n.endswith("k_proj") for n in g.scaled) for g in applied)
+    dense_scaled = [n for g in applied for n in g.scaled if not chosen(n)]
+    if family not in ("gpt2", "bert"):  # an ignored member of a folded group was compensated
+        assert dense_scaled
+    if family == "llama-mha":
+        assert {g.target[0] for g in applied} == {"norm", "rows"}
     ids = torch.randint(5, 300, (2, 16))
     with torch.no_grad():
-        ref = model0.module(ids).logits
-        got = model.module(ids).logits
+        ref, got = model0.module(ids)[0], model.module(ids)[0]
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4), (got - ref).abs().max()
     moved = [g for g in applied if not torch.allclose(g.s, torch.ones_like(g.s))]
     assert moved  # some scale is not 1 (AWQ may pick alpha = 0, s = 1, for a group)
@@ -164,3 +199,27 @@ def test_rescaled_statistics_are_those_of_the_scaled_inputs():
     assert torch.allclose(a.mean, b.mean, rtol=1e-5, atol=1e-7)
     assert torch.allclose(a.absmax, b.absmax, rtol=1e-6)
     assert torch.allclose(a.samples(), b.samples(), rtol=1e-6)
+
+
+def test_low_rank_linears_are_refused_by_quantize_and_left_alone_by_smoothing(tiny):
+    """A low-rank factorised up_proj (trim's lowrank) is not a dense Linear: quantizing it is a
+    one-line error naming it; ignored, its group is not smoothed (it cannot be scaled exactly)."""
+    from slimformer.errors import ConfigValueError
+    from slimformer.nn import LowRankLinear
+    from slimformer.trim import TrimConfig, trim_model
+    model0 = copy.deepcopy(tiny["llama"])
+    trim_model(model0, TrimConfig(lowrank={r"mlp\.up_proj": 0.25}, lowrank_method="svd", compensate="none",
+                                  score="magnitude"), CAL, progress=False)
+    up = "model.layers.0.mlp.up_proj"
+    assert isinstance(get_module(model0.module, up), LowRankLinear)
+    with pytest.raises(ConfigValueError, match="up_proj is a LowRankLinear"):
+        quantize_model(copy.deepcopy(model0), QuantizeConfig(method="gptq", bits=8), CAL, progress=False)
+    model = copy.deepcopy(model0)
+    log = quantize_model(model, QuantizeConfig(method="rtn", bits=8, smoothquant=0.5, ignore=[r"\.up_proj$"],
+                                               kernel="simulated"), CAL, progress=False)
+    assert not any(k.endswith(("gate_proj", "down_proj")) for k in (log.scales or {}))
+    assert any(k.endswith("q_proj") for k in (log.scales or {}))
+    ids = torch.randint(5, 300, (2, 12))
+    with torch.no_grad():
+        ref, got = model0.module(ids).logits, model.module(ids).logits
+    assert float((got - ref).norm() / ref.norm()) < 0.05  # int8 error only: nothing scaled wrongly

@@ -11,7 +11,8 @@ from ..model import Model
 from ..results import BenchResult, Comparison
 from .env import environment
 from .memory import RssPeak
-from .size import param_count, saved_size, weight_bytes
+from ..model.info import param_count
+from .size import saved_size, weight_bytes
 from .workloads import causal_throughput, decode, encoder_throughput, latency_grid
 
 

@@ -5,7 +5,7 @@ import tempfile
 from pathlib import Path
 
 from ..model import Model
-from ..model.info import param_count, unique_tensors  # noqa: F401  (re-exported: bench reports both)
+from ..model.info import unique_tensors
 from ..model.save import write_folder
 
 

@@ -5,8 +5,9 @@ A uniformly trimmed model (the same head / KV-head / FFN counts in every block) 
 whose counts plain transformers turns into exactly these shapes: `config_mismatches` checks that
 by building the model class from the config on the meta device and comparing every tensor shape.
 When it cannot (different counts per block, a BERT or GPT-2 attention narrower than the hidden
-size, low-rank factors), the folder is saved in slimformer's own layout with a shape map
-(`trim` in slimformer.json) and `apply_shape_map` rebuilds the modules at load.
+size, low-rank factors), the folder is saved in slimformer's own layout with a shape map of the
+head counts (`trim` in slimformer.json; compressed modules such as low-rank factors are listed
+under `modules`, nn/registry.py) and `apply_shape_map` rebuilds the modules at load.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ Kernel-specific packed forms are rebuilt from those on first use, so a saved and
 computes bit-identical outputs.
 
 Kernels (kernels.py): "int8_dynamic" (int8 weights, 8-bit dynamic activations, one scale per
-token, or per tensor with `granularity="tensor"`: fbgemm's fused kernel for every call),
+token, or per tensor with `granularity="tensor"`: fbgemm's fused kernel where it is exact, the same
+arithmetic on torch._int_mm on CPUs without VNNI; see kernels.fbgemm_exact),
 "int8_static" (calibrated per-tensor activation scale), "int4_weight" (int4 weights, bf16
 activations), "int8_weight" (int8 weights, bf16 activations) and "simulated": the weight is
 dequantized to fp32 and activations fake-quantized, for research only; reports name it as such
@@ -59,7 +60,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
         self.register_buffer("act_scale", torch.ones(()) if act == "static" else None)
         self._cache: dict = {}
-        self._group, self._index = None, 0  # fusion.InputGroup: a runtime link, never saved
+        self._group, self._index = None, 0  # input_groups.InputGroup: a runtime link, never saved
 
     def link(self, group, index: int) -> None:
         self._group, self._index = group, index
@@ -180,7 +181,7 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype is not torch.float32:  # the kernels take fp32 (int4 / int8 weight-only cast to bf16)
             return self.forward(x.float()).to(x.dtype)
-        if self._group is not None:  # q/k/v or gate/up: one kernel call for the group (fusion.py)
+        if self._group is not None:  # q/k/v or gate/up: one kernel call for the group (input_groups.py)
             return self._group.output(self._index, x)
         return self._prepared()(x)
 

@@ -5,7 +5,10 @@ A compressed module type is a torch Module class registered here under a name, w
 - `from_description(desc)` (classmethod): an empty module of exactly that form, whose
   `load_state_dict` then restores the stored tensors (its state is its state_dict);
 - `to_onnx(graph, x, name, lower)`: its lowering into an ONNX graph (`lower(graph, x, module,
-  name)` lowers a child linear), using only the graph's `op` / `const` calls.
+  name)` lowers a child linear), using only the graph's `op` / `const` calls and its `counts`
+  (linears written, by form, for the export's log).
+What is not registered yet: QAT (recover/qat.py) and the GGUF writer (export/gguf.py) still know
+QuantLinear by its class.
 Save writes `describe_modules(root)` into slimformer.json; load calls `build_modules` before
 loading the weights. A new module type is one file with its class and a `@register_module`.
 """

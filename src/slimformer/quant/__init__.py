@@ -1,5 +1,5 @@
-"""The quantize stage: integer grids (spec), methods (RTN, GPTQ, AWQ, SmoothQuant), kernels and
-the QuantLinear module that runs on them."""
+"""The quantize stage: methods (RTN, GPTQ, AWQ, SmoothQuant), smoothing as an exact transform, and
+the stage that swaps in QuantLinear (nn/, with its grids and integer kernels; re-exported here)."""
 from ..nn.quant_linear import QuantLinear
 from ..nn.spec import QuantSpec
 from .stage import QuantizeConfig, quantize_model

@@ -19,11 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..engine.stats import LinearStats
 from ..model import BlockMap, Model, get_module
-from .methods import awq_scales, smoothquant_scales
 from ..nn.spec import QuantSpec
+from .methods import awq_scales, smoothquant_scales
 
 SMOOTHING = ("smoothquant", "awq")
 
@@ -33,6 +34,10 @@ class SmoothingConfig:
     method: str  # smoothquant | awq
     alpha: float = 0.5  # SmoothQuant's migration strength
     awq_grid: int = 20  # AWQ: alphas 0, 1/grid, ..., (grid-1)/grid searched
+
+    def __post_init__(self):
+        if self.method not in SMOOTHING:
+            raise ValueError(f"smoothing method {self.method!r} unknown; methods: {', '.join(SMOOTHING)}")
 
     def wants(self) -> set[str]:
         """The calibration statistics this smoothing reads."""
@@ -103,6 +108,9 @@ def smooth_block(model: Model, blk: BlockMap, stats: dict[str, LinearStats], cfg
         if not members:
             continue  # nothing here is quantized: leave the input alone
         target = fold_target(blk, group)
+        touched = list(group) + ([target[1]] if target is not None and target[0] == "rows" else [])
+        if not all(isinstance(get_module(model.module, n), nn.Linear) for n in touched):
+            continue  # a low-rank (or other compressed) consumer or producer cannot be scaled exactly
         st = stats[members[0]]
         Ws = [get_module(model.module, n).weight.detach().float() for n in members]
         alpha = None

@@ -114,10 +114,21 @@ def _selected(cfg: QuantizeConfig, blk: BlockMap) -> list[str]:
     return [n for n in blk.linears if not any(re.search(rx, n) for rx in cfg.ignore)]
 
 
+def _check_dense(model: Model, cfg: QuantizeConfig) -> None:
+    """Every linear to quantize must be a dense nn.Linear (a low-rank factorised one is not)."""
+    for blk in model.arch.blocks:
+        for name in _selected(cfg, blk):
+            mod = get_module(model.module, name)
+            if not isinstance(mod, nn.Linear):
+                raise ConfigValueError(f"{name} is a {type(mod).__name__}, which quantize cannot convert; "
+                                       f"add it to the quantize ignore list (e.g. ignore: ['{re.escape(name.split('.')[-1])}$'])")
+
+
 def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None = None,
                    progress: bool = True) -> QuantizeLog:
     """Quantize `model` in place (its linears become QuantLinear). Returns the stage log."""
     cfg.validate()
+    _check_dense(model, cfg)
     if cfg.granularity == "auto":
         cfg = dataclasses.replace(cfg, granularity="token" if model.is_causal else "tensor")
     spec = cfg.spec

@@ -31,11 +31,36 @@ def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return q, s, z
 
 
+EXACT_FP32_K = 1024  # |int8 x int8| <= 128 * 127: 1024 such products sum below 2^24, exact in fp32
+
+
+def _int_mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact integer sums of int8 a [M, K] @ b [K, N] from fp32 GEMMs over K-chunks small enough to
+    be exact, added in float64; returned as float32 (as int32 sums cast to float32 would be)."""
+    k = a.shape[1]
+    if k <= EXACT_FP32_K:
+        return a.float() @ b.float()
+    acc = None
+    for i in range(0, k, EXACT_FP32_K):
+        part = (a[:, i:i + EXACT_FP32_K].float() @ b[i:i + EXACT_FP32_K].float()).double()
+        acc = part if acc is None else acc.add_(part)
+    return acc.float()
+
+
+def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int8 a [M, K] @ int8 b [K, N], exact sums as float32. oneDNN's int8 GEMM (torch._int_mm) where
+    the CPU has VNNI; without it that op is a slow reference loop (40x slower than fp32 here on
+    AVX2), so the same sums come from exact fp32 GEMMs instead."""
+    if fbgemm_exact():
+        return torch._int_mm(a, b).to(torch.float32)
+    return _int_mm_fp32(a, b)
+
+
 def int8_per_token(x2: torch.Tensor, w_t: torch.Tensor, w_colsum: torch.Tensor,
-                   w_scale: torch.Tensor) -> torch.Tensor:
+                   w_scale: torch.Tensor, mm=None) -> torch.Tensor:
     """x2 [M, K] fp32; w_t [K, N] int8 (a transposed view); returns fp32 [M, N]."""
     q, s, z = quantize_tokens(x2)
-    acc = torch._int_mm(q, w_t).to(torch.float32)
+    acc = (mm or int_mm)(q, w_t)
     acc = torch.addr(acc, z.view(-1), w_colsum, alpha=-1)  # remove the activation zero point
     return acc.mul_(s).mul_(w_scale)
 
@@ -45,7 +70,7 @@ def int8_static(x2: torch.Tensor, inv_scale: torch.Tensor, w_t: torch.Tensor, ou
     """Symmetric per-tensor activations with a calibrated scale; inv_scale may be a [K] vector
     (SmoothQuant's 1/s folded with 1/act_scale)."""
     q = torch.round(x2 * inv_scale).clamp_(-128, 127).to(torch.int8)
-    return torch._int_mm(q, w_t).to(torch.float32).mul_(out_scale)
+    return int_mm(q, w_t).mul_(out_scale)
 
 
 def fbgemm_pack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
@@ -64,10 +89,10 @@ def fbgemm_dynamic(x2: torch.Tensor, packed) -> torch.Tensor:
 def int8_per_tensor(x: torch.Tensor, w_t: torch.Tensor, w_colsum: torch.Tensor,
                     w_scale: torch.Tensor) -> torch.Tensor:
     """What fbgemm's dynamic kernel computes (one asymmetric int8 range for the whole tensor),
-    on torch._int_mm; x [..., K] fp32 -> [..., N]."""
+    on exact integer GEMMs (int_mm); x [..., K] fp32 -> [..., N]."""
     x2 = x.reshape(-1, x.shape[-1])
     q, s, z = quantize_tokens(x2.reshape(1, -1))
-    acc = torch._int_mm(q.view_as(x2), w_t).to(torch.float32)
+    acc = int_mm(q.view_as(x2), w_t)
     acc.sub_(w_colsum, alpha=float(z))
     y = acc.mul_(s.view(())).mul_(w_scale)
     return y.view(*x.shape[:-1], y.shape[-1])
@@ -83,7 +108,7 @@ def fbgemm_exact() -> bool:
     activations by int8 weights with VPMADDUBSW, which adds pairs into int16 with saturation:
     two products of 255 x 127 overflow, and full-range int8 weights give wrong outputs (PyTorch's
     own quantize_dynamic avoids it with 7-bit activations, reduce_range). Checked once by
-    computing such a worst case both ways; where it fails, every call runs on torch._int_mm.
+    computing such a worst case both ways; where it fails, every call runs on int_mm's exact sums.
     """
     global _FBGEMM_EXACT
     if _FBGEMM_EXACT is None:
@@ -93,7 +118,7 @@ def fbgemm_exact() -> bool:
         x = torch.ones(1, k)
         x[0, ::4] = -1.0  # the range spans [-1, 1]: codes 0 and 255, the widest products
         scale = torch.ones(n)
-        exact = int8_per_token(x, q.t(), q.sum(1, dtype=torch.int32).float(), scale)
+        exact = int8_per_token(x, q.t(), q.sum(1, dtype=torch.int32).float(), scale, mm=_int_mm_fp32)
         try:
             fast = fbgemm_dynamic(x, fbgemm_pack(q, scale, None))
         except RuntimeError:  # no fbgemm engine in this build (e.g. ARM: qnnpack only)

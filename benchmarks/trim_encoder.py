@@ -21,7 +21,7 @@ import torch
 import slimformer
 from slimformer.bench.env import environment
 from slimformer.bench.workloads import encoder_throughput, latency_grid
-from slimformer.model.families import ATTENTION_SETTERS
+from slimformer.model.families import family
 from slimformer.trim import TrimConfig, trim_model
 from slimformer.trim.surgery import refresh
 
@@ -56,7 +56,7 @@ def torch_pruning_variant(base, heads: float, ffn: float):
     for blk in arch.blocks:  # Torch-Pruning slices weights; the attention module's counts follow
         sa = mod.get_submodule(blk.attn.module)
         n = mod.get_submodule(blk.attn.q).out_features // blk.attn.head_dim
-        ATTENTION_SETTERS[arch.family](sa, n, n, blk.attn.head_dim)
+        family(arch).set_heads(sa, n, n, blk.attn.head_dim)
     refresh(model)
     return model
 

@@ -25,17 +25,16 @@ from ..nn import compressed_modules
 from .gguf_blocks import DENSE_TYPES, dense_tensor, pack_codes
 from . import gguf_vocab
 
-GGUF_ARCH = {"llama": "llama", "mistral": "llama"}
-HOLDS = "Llama-family decoders (llama, mistral; SmolLM is llama)"
 FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7}  # llama.cpp's LLAMA_FTYPE_MOSTLY_*
 TENSOR_NAMES = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
                 "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
 
 
 def check_exportable(model: Model) -> None:
-    if model.arch.model_type not in GGUF_ARCH:
-        raise UnsupportedModelError(f"GGUF export holds {HOLDS}; {model.arch.model_type!r} is not one "
-                                    "(export it as hf, or onnx for encoders)")
+    from ..model.families import exports_for
+    if "gguf" not in exports_for(model.arch):
+        raise UnsupportedModelError(f"GGUF export does not hold {model.arch.model_type!r} models yet; export it "
+                                    f"as {' or '.join(exports_for(model.arch))}")
     cfg = model.module.config
     rope = _rope(cfg)
     if rope.get("rope_type", "default") not in ("default", "linear"):
@@ -65,7 +64,8 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
     if dtype not in DENSE_TYPES or (embedding_dtype or dtype) not in DENSE_TYPES:
         raise ConfigValueError(f"GGUF type {dtype!r}: choose one of {', '.join(DENSE_TYPES)}")
     arch, cfg, root = model.arch, model.module.config, model.module
-    writer = GGUFWriter(str(path), GGUF_ARCH[arch.model_type])
+    from ..model.families import family
+    writer = GGUFWriter(str(path), family(arch).gguf_arch[arch.model_type])
     tensors, kinds, exact = [], Counter(), []
 
     def add(name: str, data: np.ndarray, kind: str):

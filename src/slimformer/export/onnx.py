@@ -25,14 +25,16 @@ from ..model.arch import get_module
 from .onnx_graph import OPSET, Graph, linear
 
 EXPORT_META = "slimformer-export.json"
-HOLDS = "BERT-family encoders (bert, roberta, xlm-roberta, camembert, distilbert; MiniLM is bert)"
-ROBERTA_POSITIONS = ("roberta", "xlm-roberta", "camembert")
 ACTIVATIONS = {"gelu": ("Gelu", "none"), "gelu_new": ("Gelu", "tanh"), "gelu_pytorch_tanh": ("Gelu", "tanh"),
                "relu": ("Relu", None), "silu": ("silu", None), "swish": ("silu", None)}
 
 
 def check_exportable(model: Model) -> None:
-    if model.arch.kind != "encoder":
+    from ..model.families import exports_for, family
+    if family(model.arch).onnx is None:
+        raise UnsupportedModelError(f"ONNX export does not hold {model.arch.model_type!r} models; export it as "
+                                    f"{' or '.join(exports_for(model.arch))}")
+    if family(model.arch).onnx == "decoder":
         from .onnx_decoder import check_decoder
         check_decoder(model)
         return _check_onnx_installed()
@@ -107,8 +109,8 @@ def _embeddings(g: Graph, model: Model, ids: str, mask: str) -> str:
     word = get_module(root, arch.embeddings[0]).weight
     x = g.op("Gather", [g.const(word, f"{arch.embeddings[0]}.weight"), ids], axis=0)
     pos_table = g.const(get_module(root, arch.embeddings[1]).weight, f"{arch.embeddings[1]}.weight")
-    if arch.model_type in ROBERTA_POSITIONS:  # ids after the padding index, counted over real tokens
-        pad = int(model.module.config.pad_token_id or 0)
+    if arch.position_offset:  # RoBERTa: ids after the padding index, counted over real tokens
+        pad = arch.position_offset - 1
         real = g.op("Cast", [g.op("Not", [g.op("Equal", [ids, g.const(np.int64(pad), dtype=np.int64)])])], to=7)
         positions = g.op("Add", [g.op("Mul", [g.op("CumSum", [real, g.const(np.int64(1), dtype=np.int64)]), real]),
                                  g.const(np.int64(pad), dtype=np.int64)])

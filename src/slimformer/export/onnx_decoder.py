@@ -21,13 +21,21 @@ I64 = np.int64
 
 
 def check_decoder(model: Model) -> None:
-    if model.arch.family != "llama":
-        raise UnsupportedModelError(f"ONNX export holds BERT-family encoders and Llama-family decoders; "
-                                    f"{model.arch.model_type!r} is neither (export GPT-2 as hf)")
-    window = getattr(model.module.config, "sliding_window", None)
-    if window is not None and getattr(model.module.config, "use_sliding_window", True) and \
-            window < model.arch.max_positions:
-        raise UnsupportedModelError("sliding-window attention is not written into the ONNX graph; export as gguf")
+    from ..model.families import exports_for
+    arch = model.arch
+    others = " or ".join(f for f in exports_for(arch) if f != "onnx")
+    window = arch.sliding_window
+    if window is not None and window < arch.max_positions:
+        raise UnsupportedModelError(f"sliding-window attention is not written into the ONNX graph; export as {others}")
+    for what, present in (("per-head q/k norms", any(b.attn.q_norm or b.attn.k_norm for b in arch.blocks)),
+                          ("sandwich norms", any(b.post_attn_norm or b.post_ffn_norm for b in arch.blocks)),
+                          ("a fused gate/up projection", any(b.ffn.fused_gate_up for b in arch.blocks)),
+                          ("a scaled embedding", arch.embed_scale != 1.0),
+                          (f"norm offset {arch.norm.offset}", arch.norm.offset != 0.0),
+                          ("partial rotary", arch.rope is not None and arch.rope.partial != 1.0)):
+        if present:
+            raise UnsupportedModelError(f"the decoder ONNX graph does not write {what} ({arch.model_type}); "
+                                        f"export as {others}")
 
 
 def _rotary_tables(model: Model) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,10 @@
 
 Every method reaches layers through an ArchMap, so no method branches on `model_type`.
 Modules are named by their dotted path from the loaded root module: names stay valid when
-a stage swaps a Linear for a compressed one. Adding a family is one adapter in families.py.
+a stage swaps a Linear for a compressed one. The map also carries every architectural fact a
+method or exporter needs (norm formula, per-head q/k norms, sandwich norms, activation, embedding
+scale, rotary settings, sliding-window layers), so that no code outside model/families reads a
+model type. Adding a family is one module in model/families/.
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ class AttentionMap:
     v: str | None = None
     qkv: str | None = None  # fused projection (GPT-2's c_attn): rows are [q; k; v]
     module: str = ""  # the attention module holding the head counts the forward reads (trimming sets them)
+    q_norm: str | None = None  # per-head norm over head_dim applied to q (Qwen3, Gemma 3)
+    k_norm: str | None = None
+    bias: bool = False  # q/k/v carry biases (BERT, GPT-2, Qwen2)
 
     @property
     def fused(self) -> bool:
@@ -43,15 +49,22 @@ class FFNMap:
     up: str
     down: str
     width: int
-    gate: str | None = None  # gated FFNs (SwiGLU): act(gate(x)) * up(x)
+    gate: str | None = None  # gated FFNs (SwiGLU, GeGLU): act(gate(x)) * up(x)
+    act: str = "gelu"  # transformers' ACT2FN name of the activation
+    fused_gate_up: bool = False  # `up` holds [gate; up] rows, width neurons each (Phi-3's gate_up_proj)
 
     @property
     def gated(self) -> bool:
-        return self.gate is not None
+        return self.gate is not None or self.fused_gate_up
+
+    @property
+    def inputs(self) -> list[str]:
+        """Projections reading the FFN's input."""
+        return ([self.gate] if self.gate else []) + [self.up]
 
     @property
     def linears(self) -> list[str]:
-        return ([self.gate] if self.gated else []) + [self.up, self.down]
+        return self.inputs + [self.down]
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,9 @@ class BlockMap:
     attn_norm: str
     ffn_norm: str
     pre_norm: bool  # True: norm before each sub-layer (GPT-2, Llama); False: after (BERT)
+    post_attn_norm: str | None = None  # sandwich norms on the sub-layer outputs (Gemma 3)
+    post_ffn_norm: str | None = None
+    attention_type: str = "full_attention"  # or "sliding_attention" (Gemma 3, Mistral-style windows)
 
     @property
     def linears(self) -> list[str]:
@@ -71,8 +87,26 @@ class BlockMap:
     @property
     def input_groups(self) -> list[list[str]]:
         """Linears that read the same input (q/k/v; gate/up): their input statistics are equal."""
-        ffn_in = ([self.ffn.gate] if self.ffn.gated else []) + [self.ffn.up]
-        return [self.attn.inputs, [self.attn.o], ffn_in, [self.ffn.down]]
+        return [self.attn.inputs, [self.attn.o], self.ffn.inputs, [self.ffn.down]]
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """How the family's norms compute: "layer" (mean and variance, weight and bias) or "rms"
+    (x / rms(x) * (offset + w)); Gemma stores w with offset 1, so scaling its effect by 1/s means
+    w' = (offset + w) / s - offset."""
+    kind: str = "layer"
+    offset: float = 0.0
+    eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    theta: float = 10000.0
+    partial: float = 1.0  # fraction of head_dim rotated (Phi-3 variants, some NeoX-style models)
+    scaling: str = "default"  # rope_type: default, linear, llama3, yarn, longrope, ...
+    factor: float = 1.0
+    local_theta: float | None = None  # Gemma 3: a different base on sliding-window layers
 
 
 @dataclass(frozen=True)
@@ -90,6 +124,12 @@ class ArchMap:
     conv1d_transposed: tuple[str, ...] = field(default=())  # GPT-2 Conv1D turned into Linear at load
     embedding_norm: str | None = None  # LayerNorm applied to the embeddings (BERT family)
     pooler: str | None = None  # BERT's pooler dense (hidden -> hidden), kept consistent when trimming
+    norm: NormSpec = NormSpec()
+    embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(hidden))
+    rope: RopeSpec | None = None  # rotary positions (decoders, ModernBERT); None: learned / relative
+    position_offset: int = 0  # learned position ids start after this (RoBERTa: padding_idx + 1)
+    sliding_window: int | None = None  # window of the blocks whose attention_type is sliding
+    bidirectional: bool = False  # a decoder-style stack run without a causal mask (Gemma 3 embedders)
 
     @property
     def n_layers(self) -> int:

@@ -14,7 +14,7 @@ from ..atomic import atomic_dir
 from ..errors import ModelNotFoundError
 from ..nn import build_modules, link_input_groups
 from .arch import conv1d_to_linear, get_module, set_module
-from .families import ENCODER_TYPES, build_arch_map, check_supported
+from .families import build_arch_map, check_supported, family_of_type, gguf_model_types
 from . import sparse_io
 from .model import Model, Pooling
 from .save import META_FILE, SPARSE_WEIGHTS
@@ -52,7 +52,7 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
         # transformers would build an empty tokenizer without complaint; every score would be noise.
         raise ModelNotFoundError(f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); copy the "
                                  "tokenizer files of the original model into this folder")
-    cls = AutoModel if cfg.model_type in ENCODER_TYPES else AutoModelForCausalLM
+    cls = AutoModel if family_of_type(cfg.model_type).kind_of(cfg) == "encoder" else AutoModelForCausalLM
     meta = _slimformer_meta(folder)
     masks: dict = {}
     try:
@@ -246,8 +246,7 @@ def _check_gguf_arch(path: Path) -> None:
         arch = bytes(field.parts[field.data[0]]).decode() if field else None
     except Exception as e:  # a truncated or foreign file
         raise ModelNotFoundError(f"{path} is not a readable GGUF file ({_first_line(e)})") from None
-    gguf_to_hf = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "gpt2": "gpt2"}
-    if arch not in gguf_to_hf:
+    if arch not in gguf_model_types():
         check_supported(f"gguf:{arch}")
 
 

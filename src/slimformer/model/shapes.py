@@ -18,7 +18,7 @@ from torch import nn
 
 from ..nn import compressed_modules
 from .arch import get_module
-from .families import ATTENTION_SETTERS, CONFIG_KEYS
+from .families import family
 from .model import Model
 
 
@@ -26,7 +26,7 @@ def sync_config(model: Model) -> None:
     """Write the model's actual block count, hidden size and (first block's) per-block counts into
     its config. With uniform blocks that config describes the model exactly."""
     arch, cfg = model.arch, model.module.config
-    keys = CONFIG_KEYS[arch.family]
+    keys = family(arch).config_keys
     first = arch.blocks[0]
     values = {"layers": arch.n_layers, "heads": first.attn.n_heads, "kv_heads": first.attn.n_kv_heads,
               "ffn": first.ffn.width, "head_dim": first.attn.head_dim,
@@ -78,7 +78,7 @@ def shape_map(model: Model) -> dict:
 
 def apply_shape_map(module: nn.Module, shapes: dict[str, tuple], trim: dict) -> None:
     """Reshape a module built from its config to the stored tensors' shapes (before loading them)."""
-    setter = ATTENTION_SETTERS[trim["family"]]
+    setter = family(trim["family"]).set_heads
     for name, (n_heads, n_kv, head_dim) in trim.get("attention", {}).items():
         setter(get_module(module, name), n_heads, n_kv, head_dim)
     for mod_name, mod in module.named_modules():

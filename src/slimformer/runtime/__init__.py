@@ -64,10 +64,13 @@ def _open_gguf(path: Path, given: str) -> Model:
     if not path.is_file():
         raise ModelNotFoundError(f"{path}: no such .gguf file")
     meta = gguf_metadata(path)
+    from ..model.families import FAMILIES, family_of_gguf
     arch = meta.get("general.architecture")
-    if arch not in ("llama",):
-        raise ModelNotFoundError(f"{path}: llama.cpp runs it, but slimformer evaluates GGUF architecture "
-                                 f"'llama' only (this one is {arch!r}); pass --runtime torch")
+    fam = family_of_gguf(arch) if arch else None
+    if fam is None:
+        known = sorted({a for f in FAMILIES for a in (*f.gguf_arch.values(), *f.gguf_sources)})
+        raise ModelNotFoundError(f"{path}: llama.cpp runs it, but slimformer evaluates GGUF architectures "
+                                 f"{', '.join(known)} only (this one is {arch!r}); pass --runtime torch")
     try:
         # The fast tokenizer class directly: AutoTokenizer would first build a transformers config
         # from the header, which per-layer head counts / FFN widths (trimmed models) do not fit.
@@ -76,7 +79,7 @@ def _open_gguf(path: Path, given: str) -> Model:
         raise ModelNotFoundError(f"{path}: its tokenizer cannot be read ({str(e).splitlines()[0][:120]})") from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    amap = ArchMap(family="llama", model_type=arch, kind="causal",
+    amap = ArchMap(family=fam.name, model_type=arch, kind="causal",
                    hidden_size=int(meta.get(f"{arch}.embedding_length", 0)),
                    max_positions=int(meta.get(f"{arch}.context_length", 2048)), blocks=(),
                    embeddings=())

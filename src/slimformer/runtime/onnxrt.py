@@ -85,7 +85,9 @@ def open_onnx(path: Path, given: str) -> Model:
     if "pooling" in meta:  # what the exported graph itself pools with
         pooling = Pooling(**meta["pooling"])
     causal = meta.get("kind") == "causal"
-    amap = ArchMap(family="llama" if causal else "bert", model_type=meta.get("model_type", "bert"),
+    from ..model.families import BY_TYPE
+    model_type = meta.get("model_type", "bert")
+    amap = ArchMap(family=BY_TYPE[model_type].name if model_type in BY_TYPE else model_type, model_type=model_type,
                    kind=meta.get("kind", "encoder"),
                    hidden_size=int(meta["hidden_size"]), max_positions=int(meta["max_positions"]),
                    blocks=(), embeddings=())

@@ -84,7 +84,7 @@ def kv_scores(blk: BlockMap, q_scores: torch.Tensor) -> torch.Tensor:
 
 def hidden_readers(blk: BlockMap) -> list[list[str]]:
     """Groups of linears reading the residual stream (one input each)."""
-    return [blk.attn.inputs, ([blk.ffn.gate] if blk.ffn.gated else []) + [blk.ffn.up]]
+    return [blk.attn.inputs, blk.ffn.inputs]
 
 
 def hidden_scores(model: Model, criterion: str, stats=None, taylor=None) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module, set_module
-from ..model.families import ATTENTION_SETTERS, build_arch_map
+from ..model.families import build_arch_map, family
 from ..model.masks import MaskStore
 
 
@@ -103,7 +103,7 @@ def trim_heads(model: Model, blk: BlockMap, keep: list[int], o_update: tuple | N
         _replace(model, a.k, rows=kv_rows)
         _replace(model, a.v, rows=kv_rows)
     _replace(model, a.o, cols=q_rows, update=o_update)
-    ATTENTION_SETTERS[model.arch.family](get_module(model.module, a.module), len(keep), len(kv_keep),
+    family(model.arch).set_heads(get_module(model.module, a.module), len(keep), len(kv_keep),
                                          a.head_dim)
 
 
@@ -112,7 +112,7 @@ def trim_ffn(model: Model, blk: BlockMap, keep, down_update: tuple | None = None
     keep = torch.as_tensor(sorted(int(i) for i in keep), dtype=torch.long)
     if keep.numel() == 0:
         raise ConfigValueError(f"{blk.name}: an FFN must keep at least one neuron")
-    for name in ([blk.ffn.gate] if blk.ffn.gated else []) + [blk.ffn.up]:
+    for name in blk.ffn.inputs:
         _replace(model, name, rows=keep)
     _replace(model, blk.ffn.down, cols=keep, update=down_update)
 
@@ -170,11 +170,12 @@ def trim_hidden(model: Model, keep) -> None:
         emb = get_module(model.module, name)
         emb.weight = nn.Parameter(emb.weight.data[:, keep].clone())
         emb.embedding_dim = keep.numel()
-    for name in [arch.embedding_norm, arch.final_norm] + [n for b in arch.blocks for n in (b.attn_norm, b.ffn_norm)]:
+    block_norms = [n for b in arch.blocks for n in (b.attn_norm, b.ffn_norm, b.post_attn_norm, b.post_ffn_norm)]
+    for name in [arch.embedding_norm, arch.final_norm] + block_norms:
         if name:
             _slice_norm(model, name, keep)
     for blk in arch.blocks:
-        for name in blk.attn.inputs + ([blk.ffn.gate] if blk.ffn.gated else []) + [blk.ffn.up]:
+        for name in blk.attn.inputs + blk.ffn.inputs:
             _replace(model, name, cols=keep)
         for name in (blk.attn.o, blk.ffn.down):
             _replace(model, name, rows=keep)
@@ -219,4 +220,4 @@ def trim_head_dims(model: Model, blk: BlockMap, qk_keep: torch.Tensor, vo_keep: 
             if lin.bias is not None:
                 lin.bias.mul_(scale)
     _replace(model, a.o, cols=vo_rows)
-    ATTENTION_SETTERS[model.arch.family](get_module(model.module, a.module), a.n_heads, a.n_kv_heads, new_dim)
+    family(model.arch).set_heads(get_module(model.module, a.module), a.n_heads, a.n_kv_heads, new_dim)

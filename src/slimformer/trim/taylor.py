@@ -43,7 +43,7 @@ def _hidden_sum(model: Model) -> torch.Tensor:
         add(name, "weight", 0)
         add(name, "bias", 0)
     for blk in arch.blocks:
-        for name in blk.attn.inputs + ([blk.ffn.gate] if blk.ffn.gated else []) + [blk.ffn.up]:
+        for name in blk.attn.inputs + blk.ffn.inputs:
             add(name, "weight", 0)
         for name in (blk.attn.o, blk.ffn.down):
             add(name, "weight", 1)

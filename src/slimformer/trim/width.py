@@ -17,7 +17,7 @@ from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module
 from . import scores as S
 from .reconstruct import mean_into_bias, refit
-from ..model.families import CONFIG_KEYS
+from ..model.families import family
 from .surgery import head_rows, refresh, trim_ffn, trim_head_dims, trim_heads, trim_hidden
 
 
@@ -165,7 +165,7 @@ def _cut_hidden(model: Model, cfg, stats: dict, taylor) -> dict:
     n = amount(cfg.hidden, arch.hidden_size, "hidden channels")
     entry: dict = {}
     heads = {b.attn.n_heads for b in arch.blocks}
-    tied_to_hidden = "head_dim" not in CONFIG_KEYS[arch.family] and len(heads) == 1 and \
+    tied_to_hidden = "head_dim" not in family(arch).config_keys and len(heads) == 1 and \
         all(b.attn.n_heads * b.attn.head_dim == arch.hidden_size for b in arch.blocks)
     if tied_to_hidden:
         # BERT / GPT-2 configs derive head_dim = hidden / heads: shrink every head to match, so the

@@ -51,7 +51,11 @@ class FFNMap:
     width: int
     gate: str | None = None  # gated FFNs (SwiGLU, GeGLU): act(gate(x)) * up(x)
     act: str = "gelu"  # transformers' ACT2FN name of the activation
-    fused_gate_up: bool = False  # `up` holds [gate; up] rows, width neurons each (Phi-3's gate_up_proj)
+    # `up` holds [gate; up] rows, width neurons each, and the FFN computes act(rows[:width]) * rows[width:]:
+    # Phi-3's gate_up_proj ([gate; up]) and ModernBERT's Wi (its [input; gate] halves are the same
+    # layout: transformers applies the activation to the first half, `input`). Neuron j is rows j
+    # and width + j; a stage slicing or scaling `up` must touch both halves.
+    fused_gate_up: bool = False
 
     @property
     def gated(self) -> bool:
@@ -73,7 +77,8 @@ class BlockMap:
     name: str
     attn: AttentionMap
     ffn: FFNMap
-    attn_norm: str
+    attn_norm: str | None  # None: the attention reads the residual stream as is (ModernBERT's first
+    # block: its input is the embedding norm's output, which the residual carries on too)
     ffn_norm: str
     pre_norm: bool  # True: norm before each sub-layer (GPT-2, Llama); False: after (BERT)
     post_attn_norm: str | None = None  # sandwich norms on the sub-layer outputs (Gemma 3)
@@ -98,6 +103,19 @@ class NormSpec:
     kind: str = "layer"
     offset: float = 0.0
     eps: float = 1e-5
+    bias: bool = True  # layer norms carry a bias (ModernBERT's have none: norm_bias false)
+
+
+@dataclass(frozen=True)
+class RelativeBias:
+    """A learned per-head attention bias indexed by the bucket of the distance k - q (T5-style
+    buckets, bidirectional: half the buckets for each sign, exact up to buckets / 4, logarithmic
+    up to max_distance). `table` is an Embedding [n_table, heads]; with `shared` one table serves
+    every block (MPNet computes it once in its encoder), so a block cannot lose heads on its own."""
+    table: str
+    buckets: int = 32  # the buckets the forward computes (MPNet: 32, whatever the config's table size)
+    max_distance: int = 128
+    shared: bool = True
 
 
 @dataclass(frozen=True)
@@ -128,8 +146,11 @@ class ArchMap:
     embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(hidden))
     rope: RopeSpec | None = None  # rotary positions (decoders, ModernBERT); None: learned / relative
     position_offset: int = 0  # learned position ids start after this (RoBERTa: padding_idx + 1)
-    sliding_window: int | None = None  # window of the blocks whose attention_type is sliding
-    bidirectional: bool = False  # a decoder-style stack run without a causal mask (Gemma 3 embedders)
+    # Window of the blocks whose attention_type is sliding: causal stacks see keys q - window < k <= q
+    # (Mistral, Gemma 3); bidirectional ones |q - k| <= window (ModernBERT: local_attention // 2).
+    sliding_window: int | None = None
+    bidirectional: bool = False  # attention without a causal mask (Gemma 3 embedders, ModernBERT)
+    relative_bias: RelativeBias | None = None  # per-head relative position bias (MPNet)
 
     @property
     def n_layers(self) -> int:

@@ -11,12 +11,13 @@ import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from ..atomic import atomic_dir
-from ..errors import ModelNotFoundError
+from ..errors import ModelNotFoundError, UnsupportedModelError
 from ..nn import build_modules, link_input_groups
 from .arch import conv1d_to_linear, get_module, set_module
 from .families import build_arch_map, check_supported, family_of_type, gguf_model_types
 from . import sparse_io
 from .model import Model, Pooling
+from .sentence_head import read_dense
 from .save import META_FILE, SPARSE_WEIGHTS
 from .sources import Source, require_online, resolve
 
@@ -181,7 +182,9 @@ def _normalise_conv1d(module) -> None:
 
 
 def _sentence_transformers_config(folder: Path) -> tuple[Pooling, dict[str, bytes]]:
-    """Read the pooling a sentence-transformers folder declares; mean pooling otherwise."""
+    """The sentence-transformers modules a folder declares after its Transformer (modules.json):
+    Pooling, Dense layers, Normalize, in that order; mean pooling when there is no modules.json.
+    Their files are returned too, so that a save or an export carries them."""
     extra: dict[str, bytes] = {}
     pooling = Pooling()
     for name in ST_FILES:
@@ -189,24 +192,42 @@ def _sentence_transformers_config(folder: Path) -> tuple[Pooling, dict[str, byte
             extra[name] = (folder / name).read_bytes()
     if "modules.json" not in extra:
         return pooling, extra
+    dense, seen = [], []
     for mod in json.loads(extra["modules.json"]):
-        kind = mod.get("type", "")
-        if kind.endswith("Pooling"):
+        kind = mod.get("type", "").rpartition(".")[2]
+        if (kind in ("Dense", "Normalize") and "Pooling" not in seen) or (seen and seen[-1] == "Normalize"):
+            raise UnsupportedModelError(f"{folder}/modules.json: {kind} after {', '.join(seen) or 'nothing'}; "
+                                        "slimformer runs Transformer, Pooling, Dense layers, Normalize in that order")
+        seen.append(kind)
+        if kind == "Pooling":
             rel = f"{mod['path']}/config.json"
             if (folder / rel).is_file():
                 extra[rel] = (folder / rel).read_bytes()
-                pc = json.loads(extra[rel])
-                if pc.get("pooling_mode_cls_token"):
-                    pooling.mode = "cls"
-                elif pc.get("pooling_mode_max_tokens"):
-                    pooling.mode = "max"
-                else:
-                    pooling.mode = "mean"
-        elif kind.endswith("Normalize"):
+                pooling.mode = _pooling_mode(folder, json.loads(extra[rel]))
+        elif kind == "Dense":
+            layer, files = read_dense(folder, mod["path"])
+            dense.append(layer)
+            extra.update(files)
+        elif kind == "Normalize":
             pooling.normalize = True
+        elif kind != "Transformer":
+            raise UnsupportedModelError(f"{folder}/modules.json: sentence-transformers module {mod.get('type')!r} "
+                                        "is not run here; slimformer runs Transformer, Pooling, Dense, Normalize")
+    pooling.dense = tuple(dense)
     if "sentence_bert_config.json" in extra:
         pooling.max_length = json.loads(extra["sentence_bert_config.json"]).get("max_seq_length")
     return pooling, extra
+
+
+def _pooling_mode(folder: Path, pc: dict) -> str:
+    other = [k for k in ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",
+                         "pooling_mode_lasttoken") if pc.get(k)]
+    if other:
+        raise UnsupportedModelError(f"{folder}: pooling {other[0][len('pooling_mode_'):]} is not computed here; "
+                                    "slimformer pools with cls, max or mean tokens")
+    if pc.get("pooling_mode_cls_token"):
+        return "cls"
+    return "max" if pc.get("pooling_mode_max_tokens") else "mean"
 
 
 def cache_root() -> Path:

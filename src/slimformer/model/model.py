@@ -10,14 +10,23 @@ from torch import nn
 from ..errors import ConfigValueError
 from .arch import ArchMap
 from .masks import MaskStore
+from .sentence_head import DenseLayer
 
 
 @dataclass
 class Pooling:
-    """How an encoder turns token states into one sentence embedding (sentence-transformers)."""
+    """How an encoder turns token states into one sentence embedding, as the sentence-transformers
+    modules after the Transformer do: pool, then each Dense layer in order, then Normalize."""
     mode: str = "mean"  # "mean" | "cls" | "max"
     normalize: bool = False
     max_length: int | None = None  # sentence-transformers' max_seq_length, if declared
+    dense: tuple[DenseLayer, ...] = ()  # Dense modules after the pooling (2_Dense, ...)
+
+    def describe(self) -> dict:
+        """JSON form (export metadata): the Dense layers by path and shape, not their weights."""
+        return {"mode": self.mode, "normalize": self.normalize, "max_length": self.max_length,
+                "dense": [{"path": d.path, "in": d.weight.shape[1], "out": d.weight.shape[0],
+                           "activation": d.activation} for d in self.dense]}
 
 
 @dataclass

@@ -60,7 +60,8 @@ def fold_target(blk: BlockMap, group: list[str]) -> tuple[str, str] | None:
     nothing but the group."""
     attn, ffn = blk.attn, blk.ffn
     if group[0] in attn.inputs:
-        return ("norm", blk.attn_norm) if blk.pre_norm else None
+        # no attn_norm (ModernBERT's first block reads the residual itself): nothing to fold into
+        return ("norm", blk.attn_norm) if blk.pre_norm and blk.attn_norm else None
     if ffn.up in group:
         return ("norm", blk.ffn_norm) if blk.pre_norm else None
     if group == [attn.o] and attn.v and attn.n_kv_heads == attn.n_heads:

@@ -127,6 +127,12 @@ def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, o
                progress: bool = True) -> TrimLog:
     """Trim `model` in place. Returns the stage log."""
     cfg.validate()
+    shared = model.arch.relative_bias is not None and model.arch.relative_bias.shared
+    if shared and (cfg.heads or cfg.kv_heads or cfg.params is not None):
+        # one [buckets, heads] table adds every head's bias in every block (MPNet): a block whose
+        # heads differ from the table's would not run, so heads stay; widths and blocks can go
+        raise ConfigValueError(f"{model.arch.model_type} shares one relative position bias across blocks, so its "
+                               "heads cannot be trimmed per block; trim ffn, layers or hidden instead")
     for name in model.arch.linears:
         mod = get_module(model.module, name)
         if type(mod) is not torch.nn.Linear:

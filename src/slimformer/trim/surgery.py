@@ -112,8 +112,10 @@ def trim_ffn(model: Model, blk: BlockMap, keep, down_update: tuple | None = None
     keep = torch.as_tensor(sorted(int(i) for i in keep), dtype=torch.long)
     if keep.numel() == 0:
         raise ConfigValueError(f"{blk.name}: an FFN must keep at least one neuron")
+    # fused [gate; up] rows (Phi-3's gate_up_proj, ModernBERT's Wi): neuron j is rows j and width + j
+    rows = torch.cat([keep, blk.ffn.width + keep]) if blk.ffn.fused_gate_up else keep
     for name in blk.ffn.inputs:
-        _replace(model, name, rows=keep)
+        _replace(model, name, rows=rows)
     _replace(model, blk.ffn.down, cols=keep, update=down_update)
 
 

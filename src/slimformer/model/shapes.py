@@ -23,8 +23,8 @@ from .model import Model
 
 
 def sync_config(model: Model) -> None:
-    """Write the model's actual block count, hidden size and (first block's) per-block counts into
-    its config. With uniform blocks that config describes the model exactly."""
+    """Write the model's actual block count, hidden size and the per-block counts every block shares
+    into its config. With uniform blocks that config describes the model exactly."""
     arch, cfg = model.arch, model.module.config
     keys = family(arch).config_keys
     first = arch.blocks[0]
@@ -34,8 +34,15 @@ def sync_config(model: Model) -> None:
     # Without an explicit head_dim (BERT, GPT-2) transformers derives it as hidden / heads: write
     # head counts only when that holds, so the config always builds (a shape map covers the rest).
     describable = "head_dim" in keys or values["heads"] * values["head_dim"] == values["hidden"]
+    # A count that differs between blocks is left as the config has it: the blocks no trim touched
+    # still read it (Phi-3's attention splits qkv_proj at the shared config's head count), and the
+    # shape map describes the others.
+    per_block = {"heads": {b.attn.n_heads for b in arch.blocks}, "kv_heads": {b.attn.n_kv_heads for b in arch.blocks},
+                 "ffn": {b.ffn.width for b in arch.blocks}, "head_dim": {b.attn.head_dim for b in arch.blocks}}
     for what, key in keys.items():
         if what in ("heads", "kv_heads") and not describable:
+            continue
+        if len(per_block.get(what, ())) > 1:
             continue
         setattr(cfg, key, values[what])
 

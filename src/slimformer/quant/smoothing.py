@@ -49,37 +49,52 @@ class GroupScale:
     """The scale chosen for one input group and where it went."""
     group: list[str]  # every linear reading the input
     scaled: list[str]  # the linears whose weights were multiplied by s
-    target: tuple[str, str] | None  # ("norm" | "rows", producer) it was folded into, or None (in-layer)
+    target: tuple | None  # ("norm", producer) or ("rows", producer, first_row) it was folded into; None: in-layer
     s: torch.Tensor
     alpha: float | None = None  # AWQ's chosen exponent
 
 
-def fold_target(blk: BlockMap, group: list[str]) -> tuple[str, str] | None:
+def fold_target(blk: BlockMap, group: list[str]) -> tuple | None:
     """Where a per-input-channel scale of `group` (the whole input group) can be folded:
-    ("norm", name) or ("rows", name) of the op producing the group's input, when that output feeds
-    nothing but the group."""
+    ("norm", name) or ("rows", name, first_row) of the op producing the group's input, when that
+    output feeds nothing but the group. For rows, the scale's channels are rows first_row, first_row
+    + 1, ... of the producer (a slice of a fused projection: v inside [q; k; v], up inside [gate; up]).
+    Sandwich norms (Gemma 3's post-attention / post-FFN norms) act on the sub-layers' outputs, after
+    o and down, so none of these producers or consumers changes with them."""
     attn, ffn = blk.attn, blk.ffn
     if group[0] in attn.inputs:
         # no attn_norm (ModernBERT's first block reads the residual itself): nothing to fold into
         return ("norm", blk.attn_norm) if blk.pre_norm and blk.attn_norm else None
     if ffn.up in group:
         return ("norm", blk.ffn_norm) if blk.pre_norm else None
-    if group == [attn.o] and attn.v and attn.n_kv_heads == attn.n_heads:
-        return ("rows", attn.v)
+    # o reads attention(v) head by head: v's rows scale o's input channels only when every query
+    # head has its own v head (GQA would need one scale shared by a KV group's query heads)
+    if group == [attn.o] and attn.n_kv_heads == attn.n_heads:
+        if attn.v:
+            return ("rows", attn.v, 0)
+        if attn.qkv:
+            return ("rows", attn.qkv, 2 * attn.n_heads * attn.head_dim)
     if group == [ffn.down] and ffn.gated:
-        return ("rows", ffn.up)  # act(gate) * up: scaling up's rows scales down's input
+        # act(gate) * up: scaling up's rows scales down's input; a fused [gate; up] only its up half
+        return ("rows", ffn.up, ffn.width if ffn.fused_gate_up else 0)
     return None
 
 
 @torch.no_grad()
-def _divide_producer(model: Model, target: tuple[str, str], s: torch.Tensor) -> None:
+def _divide_producer(model: Model, target: tuple, s: torch.Tensor) -> None:
     mod = get_module(model.module, target[1])
     if target[0] == "norm":
-        mod.weight.div_(s.to(mod.weight.dtype))
-    else:
-        mod.weight.div_(s.to(mod.weight.dtype)[:, None])
+        # the norm's effect is (offset + w) (Gemma stores w with offset 1): divide that, not w
+        off = model.arch.norm.offset
+        w = mod.weight
+        w.copy_((off + w) / s.to(w.dtype) - off)
+        if getattr(mod, "bias", None) is not None:
+            mod.bias.div_(s.to(mod.bias.dtype))
+        return
+    rows = slice(target[2], target[2] + s.numel())
+    mod.weight[rows].div_(s.to(mod.weight.dtype)[:, None])
     if getattr(mod, "bias", None) is not None:
-        mod.bias.div_(s.to(mod.bias.dtype))
+        mod.bias[rows].div_(s.to(mod.bias.dtype))
 
 
 @torch.no_grad()

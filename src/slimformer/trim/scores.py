@@ -41,9 +41,9 @@ def _column_scores(W: torch.Tensor, stats, criterion: str) -> torch.Tensor:
 def _qkv_rows(blk: BlockMap, model: Model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """[heads, head_dim, in] views of q, k, v (k, v per KV head)."""
     a = blk.attn
-    if a.fused:
-        W = _w(model, a.qkv)
-        q, k, v = W.split(a.n_heads * a.head_dim)
+    if a.fused:  # [q: heads * hd; k: kv * hd; v: kv * hd]
+        kv = a.n_kv_heads * a.head_dim
+        q, k, v = _w(model, a.qkv).split([a.n_heads * a.head_dim, kv, kv])
     else:
         q, k, v = _w(model, a.q), _w(model, a.k), _w(model, a.v)
     return (q.view(a.n_heads, a.head_dim, -1), k.view(a.n_kv_heads, a.head_dim, -1),
@@ -55,8 +55,11 @@ def ffn_scores(model: Model, blk: BlockMap, criterion: str, stats=None, taylor=N
     if criterion == "taylor":
         return taylor[("ffn", blk.index)]
     if criterion == "magnitude":
-        sq = _w(model, f.up).pow(2).sum(1) + _w(model, f.down).pow(2).sum(0)
-        if f.gated:
+        up = _w(model, f.up).pow(2).sum(1)
+        if f.fused_gate_up:  # neuron j owns rows j (gate) and width + j (up)
+            up = up[:f.width] + up[f.width:]
+        sq = up + _w(model, f.down).pow(2).sum(0)
+        if f.gate:
             sq = sq + _w(model, f.gate).pow(2).sum(1)
         return sq.sqrt()
     return _column_scores(_w(model, f.down), stats[f.down], criterion)

@@ -95,9 +95,9 @@ def trim_heads(model: Model, blk: BlockMap, keep: list[int], o_update: tuple | N
                                f"heads (got {per_group}); trim query heads evenly within groups")
     q_rows = head_rows(keep, a.head_dim)
     kv_rows = head_rows(kv_keep, a.head_dim)
-    if a.fused:  # GPT-2 c_attn rows [q; k; v], multi-head (kv == q heads)
-        width = a.n_heads * a.head_dim
-        _replace(model, a.qkv, rows=torch.cat([q_rows, width + q_rows, 2 * width + q_rows]))
+    if a.fused:  # rows [q: heads * hd; k: kv * hd; v: kv * hd] (GPT-2: kv == heads; Phi-3: GQA)
+        q_width, kv_width = a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
+        _replace(model, a.qkv, rows=torch.cat([q_rows, q_width + kv_rows, q_width + kv_width + kv_rows]))
     else:
         _replace(model, a.q, rows=q_rows)
         _replace(model, a.k, rows=kv_rows)
@@ -190,6 +190,39 @@ def trim_hidden(model: Model, keep) -> None:
             head.in_features = keep.numel()
         else:
             _replace(model, arch.head, cols=keep)
+    refresh(model)
+    _keep_embedding_scale(model, arch.embed_scale)
+
+
+@torch.no_grad()
+def _keep_embedding_scale(model: Model, old_scale: float) -> None:
+    """Keep the scaled token embeddings exact when the family derives the scale from the hidden
+    size (Gemma: sqrt(hidden), recomputed from config.hidden_size whenever the model is built).
+
+    The refreshed ArchMap says what the new config implies (`new`); the embedding weights are
+    multiplied by old / new so that weight * new equals what weight * old gave. A head tied to those
+    weights would then see them scaled too, so the final norm, whose output only the head reads,
+    takes the inverse: (offset + w') = (offset + w) * new / old."""
+    arch = model.arch
+    new_scale = arch.embed_scale
+    if new_scale == old_scale:
+        return
+    emb = get_module(model.module, arch.embeddings[0])
+    buf = getattr(emb, "embed_scale", None)
+    if not torch.is_tensor(buf) or (arch.tied_head and not arch.final_norm):
+        raise ConfigValueError(f"{arch.embeddings[0]}: the embedding scale follows the hidden size and this "
+                               "model gives no way to keep it exact; trim heads, ffn or layers instead of hidden")
+    r = old_scale / new_scale
+    emb.weight.mul_(r)
+    buf.fill_(new_scale)
+    if hasattr(emb, "scalar_embed_scale"):  # transformers' weight init refills the buffer from it
+        emb.scalar_embed_scale = new_scale
+    if arch.tied_head:
+        norm = get_module(model.module, arch.final_norm)
+        off = arch.norm.offset
+        norm.weight.copy_((off + norm.weight) / r - off)
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.div_(r)
 
 
 def trim_head_dims(model: Model, blk: BlockMap, qk_keep: torch.Tensor, vo_keep: torch.Tensor) -> None:
@@ -198,6 +231,12 @@ def trim_head_dims(model: Model, blk: BlockMap, qk_keep: torch.Tensor, vo_keep: 
     logits, which the forward scales by new_head_dim^-0.5, keep their scale on the kept dimensions.
     This is what lets a BERT / GPT-2 with fewer hidden channels keep heads * head_dim == hidden."""
     a = blk.attn
+    if a.q_norm or a.k_norm:
+        raise ConfigValueError(f"{blk.name}: head dimensions cannot be cut under per-head q/k norms (an RMSNorm "
+                               "over head_dim changes with fewer dimensions); trim heads, ffn or layers instead")
+    if a.n_kv_heads != a.n_heads:
+        raise ConfigValueError(f"{blk.name}: head dimensions are cut only in multi-head attention (this block "
+                               "has GQA); trim heads, kv_heads, ffn or layers instead")
     new_dim = qk_keep.shape[1]
     if vo_keep.shape[1] != new_dim or qk_keep.shape[0] != a.n_heads:
         raise ConfigValueError(f"{blk.name}: head dimensions to keep must be [heads, new_head_dim] for q/k and v")

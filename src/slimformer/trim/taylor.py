@@ -5,7 +5,7 @@ loss is -sum_S grad * w. Per batch that sum is squared, and the squares are summ
   FFN neuron j:      column j of down (and its share of nothing else: up/gate rows feed only it);
   query head h:      the head's columns of o;
   hidden channel c:  every weight on channel c: embedding columns, reader columns, writer rows and
-                     bias entries, norm weight / bias entries, pooler row and column, LM head column.
+                     bias entries, norm weight / bias entries (sandwich norms too), pooler row and column, LM head column.
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def _hidden_sum(model: Model) -> torch.Tensor:
 
     for name in arch.embeddings:
         add(name, "weight", 0)
-    norms = [arch.embedding_norm, arch.final_norm] + [n for b in arch.blocks for n in (b.attn_norm, b.ffn_norm)]
+    norms = [arch.embedding_norm, arch.final_norm] + [n for b in arch.blocks for n in
+                                                      (b.attn_norm, b.ffn_norm, b.post_attn_norm, b.post_ffn_norm)]
     for name in filter(None, norms):
         add(name, "weight", 0)
         add(name, "bias", 0)

@@ -12,7 +12,8 @@ def adapter(root, cfg, model_type: str) -> ArchMap:
     for i in range(len(get_module(root, f"{p}layers"))):
         b = f"{p}layers.{i}"
         head_dim = get_module(root, f"{b}.self_attn").head_dim
-        n_heads = get_module(root, f"{b}.self_attn.o_proj").weight.shape[1] // head_dim  # o reads every head
+        o = get_module(root, f"{b}.self_attn.o_proj")
+        n_heads = (getattr(o, "in_features", None) or o.weight.shape[1]) // head_dim  # o reads every head (a QuantLinear too)
         n_kv = (out_features(get_module(root, f"{b}.self_attn.qkv_proj")) - n_heads * head_dim) // (2 * head_dim)
         blocks.append(BlockMap(
             index=i, name=b,
@@ -30,13 +31,40 @@ def adapter(root, cfg, model_type: str) -> ArchMap:
                    sliding_window=getattr(cfg, "sliding_window", None))
 
 
+class _OwnHeads:
+    """The shared config as one attention module sees it, with that module's own query-head count.
+
+    Phi3Attention's forward splits qkv_proj's output at `self.config.num_attention_heads * head_dim`:
+    the count comes from the config every block shares, so a block trimmed on its own (or any
+    block before sync_config rewrites the shared count) would split its rows in the wrong place.
+    Everything else (attention implementation, sliding window...) is read through from the shared
+    config, so later changes to it still reach this module."""
+
+    def __init__(self, shared, num_attention_heads: int):
+        self.__dict__["_shared"] = shared
+        self.__dict__["num_attention_heads"] = num_attention_heads
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_shared":  # copy / pickle probes; never recurse
+            raise AttributeError(name)
+        return getattr(self._shared, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._shared, name, value)
+
+
 def set_heads(mod, n_heads: int, n_kv_heads: int, head_dim: int) -> None:
     mod.head_dim, mod.num_key_value_heads = head_dim, n_kv_heads
     mod.num_key_value_groups = n_heads // n_kv_heads
+    mod.scaling = head_dim ** -0.5
+    shared = mod.config.__dict__.get("_shared", mod.config)
+    mod.config = _OwnHeads(shared, n_heads)
 
 
 FAMILY = Family(
     name="phi3", model_types=("phi3",), adapter=adapter, set_heads=set_heads,
     config_keys=dict(heads="num_attention_heads", kv_heads="num_key_value_heads", ffn="intermediate_size",
-                     layers="num_hidden_layers", hidden="hidden_size"),
+                     layers="num_hidden_layers", hidden="hidden_size", head_dim="head_dim"),
+    # head_dim: Phi3Config has none (hidden / heads) but its attention and rotary read one when set,
+    # so a hidden-channel trim keeps the heads whole and writes head_dim (a standard config)
     describe="Phi-3 decoders (phi3; fused qkv_proj and gate_up_proj)")

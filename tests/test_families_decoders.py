@@ -430,3 +430,23 @@ def test_trim_stage_end_to_end(fam, family):
     assert log.standard and log.uniform and len(log.layers_dropped) == 1
     assert model.arch.hidden_size == 56 and model.arch.n_layers == fam[family].arch.n_layers - 1
     assert torch.isfinite(_out(model)).all()
+
+
+def test_multi_head_fused_qkv_takes_o_scale_in_its_v_slice(tiny):
+    """GPT-2's c_attn [q; k; v] (multi-head): o's scale folds into the v rows, the last third,
+    and nothing else of c_attn's rows moves."""
+    model0 = tiny["gpt2"]
+    model = copy.deepcopy(model0)
+    cfg = QuantizeConfig(method="rtn", bits=8, smoothquant=0.5)
+    applied = []
+    run_sequential(model, calibration_set(model, **CAL),
+                   lambda m, blk, st: applied.extend(smooth_block(m, blk, st, cfg.smoothing, set(blk.linears), cfg.spec))
+                   or {}, cfg.smoothing.wants(), progress=False)
+    qkv = model0.arch.blocks[0].attn.qkv
+    assert ("rows", qkv, 128) in {g.target for g in applied}
+    assert torch.allclose(_out(model), _out(model0), rtol=1e-4, atol=1e-4)
+    ratio = get_module(model0.module, qkv).weight.double() / get_module(model.module, qkv).weight.double()
+    col = ratio[:, :1]  # per row: the o fold's 1 / s on v rows (times the norm's column scale, per column)
+    qk = ratio[:128] / ratio[:1]
+    assert torch.allclose(qk, torch.ones_like(qk), rtol=1e-5)  # q / k rows: only the column scale
+    assert not torch.allclose(col[128:] / col[:1], torch.ones_like(col[128:]), rtol=1e-3)  # v rows: scaled

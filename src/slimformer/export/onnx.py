@@ -29,7 +29,8 @@ EXPORT_META = "slimformer-export.json"
 
 def check_exportable(model: Model) -> None:
     from ..model.families import exports_for, family
-    if family(model.arch).onnx is None:
+    form = family(model.arch).onnx
+    if form is None or (form == "encoder" and model.is_causal):
         raise UnsupportedModelError(f"ONNX export does not hold {model.arch.model_type!r} models; export it as "
                                     f"{' or '.join(exports_for(model.arch))}")
     if family(model.arch).onnx == "decoder":

@@ -11,6 +11,10 @@ with or without bias, and the position schemes the families use:
   constant table computed at export with the T5-style formula in torch (the same float32 ops as
   transformers', so no bucket differs), the per-head values are gathered in the graph;
 - sliding (local) attention of bidirectional stacks: keys with |q - k| > window masked in the graph.
+RMSNorms x / sqrt(mean(x^2) + eps) * (offset + w) where NormSpec says so (Gemma: offset 1), per-head
+q / k norms over head_dim, sandwich norms on the sub-layer outputs, GQA (each KV head expanded to
+its query heads), an embedding scale and a logit scale other than head_dim^-0.5 (the bidirectional
+Gemma 3 encoders) are written from the same facts.
 """
 from __future__ import annotations
 
@@ -38,13 +42,15 @@ def check_encoder(model: Model) -> None:
         if blk.ffn.act not in ACTIVATIONS:
             raise UnsupportedModelError(f"activation {blk.ffn.act!r} has no ONNX form here (supported: "
                                         f"{', '.join(ACTIVATIONS)}); export as {others}")
-        if blk.attn.n_kv_heads != blk.attn.n_heads:
-            raise UnsupportedModelError(f"the encoder ONNX graph writes multi-head attention, not GQA; export as {others}")
-        if blk.attn.q_norm or blk.post_attn_norm:
-            raise UnsupportedModelError(f"the encoder ONNX graph does not write per-head q/k or sandwich norms "
-                                        f"({arch.model_type}); export as {others}")
-    if arch.norm.kind != "layer":
-        raise UnsupportedModelError(f"the encoder ONNX graph writes LayerNorm, not {arch.norm.kind} norms; export as {others}")
+        if blk.attn.n_heads % blk.attn.n_kv_heads:
+            raise UnsupportedModelError(f"{blk.name}: {blk.attn.n_heads} query heads do not share "
+                                        f"{blk.attn.n_kv_heads} KV heads evenly; export as {others}")
+    if arch.norm.kind not in ("layer", "rms"):
+        raise UnsupportedModelError(f"the encoder ONNX graph writes LayerNorm and RMSNorm, not {arch.norm.kind} "
+                                    f"norms; export as {others}")
+    if arch.attn_softcap:
+        raise UnsupportedModelError(f"the encoder ONNX graph does not write attention logit soft-capping; "
+                                    f"export as {others}")
     if arch.relative_bias is not None:
         cols = get_module(model.module, arch.relative_bias.table).weight.shape[1]
         if any(b.attn.n_heads != cols for b in arch.blocks):
@@ -73,14 +79,22 @@ def _ints(g: Graph, values) -> str:
     return g.const(np.array(values), dtype=I64)
 
 
-def layer_norm(g: Graph, x: str, root, name: str | None) -> str:
+def layer_norm(g: Graph, x: str, model: Model, name: str | None) -> str:
+    """The family's norm (NormSpec) named `name` applied over the last axis of x."""
     if name is None:  # a block without its own norm (ModernBERT's first): the input as is
         return x
-    ln = get_module(root, name)
+    ln = get_module(model.module, name)
+    spec = model.arch.norm
+    eps = float(getattr(ln, "eps", getattr(ln, "variance_epsilon", spec.eps)))
+    if spec.kind == "rms":  # x / sqrt(mean(x^2) + eps) * (offset + w), in float32 as transformers computes
+        ms = g.op("ReduceMean", [g.op("Mul", [x, x]), _ints(g, [-1])], keepdims=1)
+        y = g.op("Div", [x, g.op("Sqrt", [g.op("Add", [ms, g.const(np.float32(eps))])])])
+        w = ln.weight.detach().float() + spec.offset
+        return g.op("Mul", [y, g.const(w, f"{name}.weight_plus_offset" if spec.offset else f"{name}.weight")])
     inputs = [x, g.const(ln.weight, f"{name}.weight")]
     if getattr(ln, "bias", None) is not None:
         inputs.append(g.const(ln.bias, f"{name}.bias"))
-    return g.op("LayerNormalization", inputs, axis=-1, epsilon=float(ln.eps))
+    return g.op("LayerNormalization", inputs, axis=-1, epsilon=eps)
 
 
 def _activation(g: Graph, h: str, act: str) -> str:
@@ -111,7 +125,7 @@ def _embeddings(g: Graph, model: Model, ids: str, seq: str) -> str:
     if len(arch.embeddings) > 2:  # token type 0 for every token
         types = get_module(root, arch.embeddings[2]).weight[0]
         x = g.op("Add", [x, g.const(types, f"{arch.embeddings[2]}.row0")])
-    return layer_norm(g, x, root, arch.embedding_norm)
+    return layer_norm(g, x, model, arch.embedding_norm)
 
 
 def _rotary_tables(model: Model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -208,22 +222,46 @@ def encoder_states(g: Graph, model: Model, ids: str, maskf: str) -> str:
                                for name, t in (("cos", cos), ("sin", sin)))
     for blk in arch.blocks:
         a = blk.attn
-        h = layer_norm(g, x, root, blk.attn_norm) if blk.pre_norm else x
+        h = layer_norm(g, x, model, blk.attn_norm) if blk.pre_norm else x
         q, k, v = _qkv(g, root, a, h)
-        heads = _ints(g, [0, 0, a.n_heads, a.head_dim])
-        q, k, v = (g.op("Transpose", [g.op("Reshape", [t, heads])], perm=[0, 2, 1, 3]) for t in (q, k, v))
+        q = g.op("Transpose", [g.op("Reshape", [q, _ints(g, [0, 0, a.n_heads, a.head_dim])])], perm=[0, 2, 1, 3])
+        k, v = (g.op("Transpose", [g.op("Reshape", [t, _ints(g, [0, 0, a.n_kv_heads, a.head_dim])])], perm=[0, 2, 1, 3])
+                for t in (k, v))
+        if a.q_norm:  # per-head norms over head_dim, before the rotation
+            q = layer_norm(g, q, model, a.q_norm)
+        if a.k_norm:
+            k = layer_norm(g, k, model, a.k_norm)
         if rope:
             cos, sin = rope[blk.attention_type]
             q, k = _rotate(g, q, cos, sin, a.head_dim // 2), _rotate(g, k, cos, sin, a.head_dim // 2)
+        if a.n_kv_heads != a.n_heads:  # GQA: KV head j serves query heads j * per .. (j + 1) * per - 1
+            k, v = (_repeat_kv(g, t, a.n_kv_heads, a.n_heads // a.n_kv_heads, a.head_dim) for t in (k, v))
+        scale = arch.attn_scale if arch.attn_scale is not None else a.head_dim ** -0.5
         scores = g.op("Mul", [g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])]),
-                              g.const(np.float32(a.head_dim ** -0.5))])
+                              g.const(np.float32(scale))])
         probs = g.op("Softmax", [g.op("Add", [scores, masks[blk.attention_type]])], axis=-1)
         ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
         ctx = g.op("Reshape", [ctx, _ints(g, [0, 0, a.n_heads * a.head_dim])])
-        x = g.op("Add", [linear(g, ctx, get_module(root, a.o), a.o), x])
+        attn = linear(g, ctx, get_module(root, a.o), a.o)
+        if blk.post_attn_norm:  # sandwich norm on the sub-layer's output, before the residual
+            attn = layer_norm(g, attn, model, blk.post_attn_norm)
+        x = g.op("Add", [attn, x])
         if blk.pre_norm:
-            x = g.op("Add", [x, _ffn(g, root, blk.ffn, layer_norm(g, x, root, blk.ffn_norm))])
+            ffn = _ffn(g, root, blk.ffn, layer_norm(g, x, model, blk.ffn_norm))
+            if blk.post_ffn_norm:
+                ffn = layer_norm(g, ffn, model, blk.post_ffn_norm)
+            x = g.op("Add", [x, ffn])
         else:
-            x = layer_norm(g, x, root, blk.attn_norm)
-            x = layer_norm(g, g.op("Add", [_ffn(g, root, blk.ffn, x), x]), root, blk.ffn_norm)
-    return layer_norm(g, x, root, arch.final_norm) if arch.final_norm else x
+            x = layer_norm(g, x, model, blk.attn_norm)
+            x = layer_norm(g, g.op("Add", [_ffn(g, root, blk.ffn, x), x]), model, blk.ffn_norm)
+    return layer_norm(g, x, model, arch.final_norm) if arch.final_norm else x
+
+
+def _repeat_kv(g: Graph, t: str, n_kv: int, per: int, head_dim: int) -> str:
+    """[B, kv, S, d] -> [B, kv * per, S, d], each KV head repeated for its `per` query heads."""
+    shape = g.op("Shape", [t])
+    b_s = g.op("Gather", [shape, _ints(g, [0, 2])], axis=0)  # B, S
+    b, s = g.op("Slice", [b_s, _ints(g, [0]), _ints(g, [1])]), g.op("Slice", [b_s, _ints(g, [1]), _ints(g, [2])])
+    big = g.op("Concat", [b, _ints(g, [n_kv, per]), s, _ints(g, [head_dim])], axis=0)
+    t = g.op("Expand", [g.op("Unsqueeze", [t, _ints(g, [2])]), big])
+    return g.op("Reshape", [t, g.op("Concat", [b, _ints(g, [n_kv * per]), s, _ints(g, [head_dim])], axis=0)])

@@ -151,6 +151,8 @@ class ArchMap:
     sliding_window: int | None = None
     bidirectional: bool = False  # attention without a causal mask (Gemma 3 embedders, ModernBERT)
     relative_bias: RelativeBias | None = None  # per-head relative position bias (MPNet)
+    attn_scale: float | None = None  # attention logits scale; None: head_dim^-0.5 (Gemma: query_pre_attn_scalar^-0.5)
+    attn_softcap: float | None = None  # logits -> cap * tanh(logits / cap) before the mask (Gemma 2 style)
 
     @property
     def n_layers(self) -> int:

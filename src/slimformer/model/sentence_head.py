@@ -81,3 +81,31 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CorruptModelError(f"{path}: the Dense weights cannot be read ({line}); copy that folder from "
                                 "the original model") from None
+
+
+def narrow_inputs(dense: tuple[DenseLayer, ...], files: dict[str, bytes], keep: torch.Tensor,
+                  hidden: int) -> tuple[DenseLayer, ...]:
+    """After hidden channels were trimmed to `keep`: the first Dense layer reads only those columns
+    (its weight sliced, its files in `files` rewritten: config.json in_features, the weights as
+    model.safetensors), and the Pooling config's word_embedding_dimension becomes `hidden`."""
+    for rel, data in list(files.items()):
+        if rel.endswith("/config.json") and b"word_embedding_dimension" in data:
+            cfg = json.loads(data)
+            if "word_embedding_dimension" in cfg and "in_features" not in cfg:
+                cfg["word_embedding_dimension"] = hidden
+                files[rel] = (json.dumps(cfg, indent=2) + "\n").encode()
+    if not dense:
+        return dense
+    first = dense[0]
+    new = DenseLayer(first.path, first.weight[:, keep].clone(), first.bias, first.activation)
+    cfg = json.loads(files[f"{first.path}/config.json"])
+    cfg["in_features"] = int(keep.numel())
+    files[f"{first.path}/config.json"] = (json.dumps(cfg, indent=2) + "\n").encode()
+    for name in WEIGHT_FILES:
+        files.pop(f"{first.path}/{name}", None)
+    from safetensors.torch import save
+    state = {"linear.weight": new.weight.contiguous()}
+    if new.bias is not None:
+        state["linear.bias"] = new.bias.contiguous()
+    files[f"{first.path}/model.safetensors"] = save(state)
+    return (new,) + tuple(dense[1:])

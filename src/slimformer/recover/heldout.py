@@ -42,7 +42,7 @@ def held_out_evaluation(model: Model, original: Model, cfg, data: TrainSet) -> E
                 for i in range(0, len(data.heldout), 64):
                     b = {k: v.to(device) for k, v in held.batch(m, list(range(i, min(i + 64, len(data.heldout))))).items()}
                     total += float(encoder_losses(m.module(**b), original.module(**b), b, weights,
-                                                  m.pooling.mode)["total"].sum())
+                                                  m.pooling, original.pooling)["total"].sum())
             return total / len(data.heldout)
         return Evaluation("held-out distillation loss", loss, higher_is_better=False)
     pairs = read_pairs(resolve_source(cfg.eval))

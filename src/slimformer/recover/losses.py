@@ -8,8 +8,10 @@ get the same number as one process would.
   (Hinton et al. 2015), averaged over a window's tokens; optional cross-entropy on the text
   itself; optional MSE between the last hidden states, divided by the teacher's mean square so
   its weight does not depend on the model's scale.
-- encoders: 1 - cosine between the pooled sentence embeddings (what STS and retrieval use),
-  optional MSE between them, optional MSE between token states (padding excluded), scaled the
+- encoders: 1 - cosine between the sentence embeddings (what STS and retrieval use: each model's
+  own pipeline, pooling then its Dense layers, evaluate/embed.py; taken before Normalize: the
+  cosine and relation losses normalise themselves, the MSE compares them un-normalised as it
+  always did), optional MSE between them, optional MSE between token states (padding excluded), scaled the
   same way; optional relation loss: MSE between the student's and the teacher's in-batch cosine
   similarity matrices (it compares models of different widths, e.g. after hidden-channel trimming;
   it depends on which sentences share a batch, so across processes it matches one process only
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..evaluate.embed import pool
+from ..evaluate.embed import sentence_embedding
+from ..model import Pooling
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,22 @@ def causal_losses(student_out, teacher_out, batch: dict, w: LossWeights) -> dict
     return parts
 
 
-def encoder_losses(student_out, teacher_out, batch: dict, w: LossWeights, pooling: str) -> dict[str, torch.Tensor]:
-    """Per-sentence losses {name: [batch]} and their weighted sum under "total"."""
+def _as_pooling(p: Pooling | str) -> Pooling:
+    return Pooling(mode=p) if isinstance(p, str) else p
+
+
+def encoder_losses(student_out, teacher_out, batch: dict, w: LossWeights, pooling: Pooling | str,
+                   teacher_pooling: Pooling | str | None = None) -> dict[str, torch.Tensor]:
+    """Per-sentence losses {name: [batch]} and their weighted sum under "total". `pooling` is the
+    student's sentence pipeline (a Pooling, or only a pooling mode), `teacher_pooling` the
+    teacher's (default: the same; a student whose hidden channels were trimmed has narrower Dense
+    inputs than its teacher)."""
+    s_pool = _as_pooling(pooling)
+    t_pool = s_pool if teacher_pooling is None else _as_pooling(teacher_pooling)
     s_states, t_states = student_out.last_hidden_state, teacher_out.last_hidden_state
     mask = batch["attention_mask"]
-    s_emb = pool(s_states, mask, pooling).float()
-    t_emb = pool(t_states, mask, pooling).float()
+    s_emb = sentence_embedding(s_pool, s_states, mask, normalize=False).float()
+    t_emb = sentence_embedding(t_pool, t_states, mask, normalize=False).float()
     parts: dict[str, torch.Tensor] = {}
     total = 0.0
     if w.cosine:

@@ -146,7 +146,7 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
     def losses(out_s, out_t, batch):
         if student.is_causal:
             return causal_losses(out_s, out_t, batch, plan.losses)
-        return encoder_losses(out_s, out_t, batch, plan.losses, student.pooling.mode)
+        return encoder_losses(out_s, out_t, batch, plan.losses, student.pooling, teacher.pooling)
 
     def save(path: Path, step: int, full: bool = True) -> None:
         if acc.is_main_process:

@@ -2,8 +2,9 @@
 
 - causal LMs: the mean next-token NLL of the calibration text (padding excluded);
 - encoders: an in-batch contrastive loss (InfoNCE, temperature 0.05 as in SimCSE) between the
-  model's pooled sentence embeddings and the ORIGINAL model's embeddings of the same sentences:
-  each sentence must stay closer to its own original embedding than to the other sentences'.
+  model's sentence embeddings (its whole pipeline: pooling, Dense layers; the loss normalises) and
+  the ORIGINAL model's embeddings of the same sentences: each sentence must stay closer to its own
+  original embedding than to the other sentences'.
   It needs no labels, and unlike a distance to the original it is not at its minimum (zero
   gradient) when the model is still the original.
 """
@@ -12,15 +13,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..evaluate.embed import pool
+from ..evaluate.embed import embed_batch
 from ..model import Model
 
 TEMPERATURE = 0.05
 
 
 def sentence_embeddings(model: Model, batch: dict) -> torch.Tensor:
-    states = model.module(**batch).last_hidden_state
-    return pool(states, batch["attention_mask"], model.pooling.mode)
+    """Before Normalize: the loss normalises every embedding itself."""
+    return embed_batch(model, batch, normalize=False)
 
 
 @torch.no_grad()

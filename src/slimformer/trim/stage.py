@@ -27,7 +27,7 @@ from .objective import targets as loss_targets
 from .reconstruct import UPDATES
 from .surgery import drop_blocks, refresh
 from .taylor import taylor_scores
-from .width import amount, lowest, trim_width
+from .width import amount, check_hidden, lowest, trim_width
 
 LAYER_SCORES = ("block_influence", "loss")
 ALLOCATIONS = ("uniform", "global")
@@ -133,6 +133,7 @@ def trim_model(model: Model, cfg: TrimConfig, calibration: dict | None = None, o
         # heads differ from the table's would not run, so heads stay; widths and blocks can go
         raise ConfigValueError(f"{model.arch.model_type} shares one relative position bias across blocks, so its "
                                "heads cannot be trimmed per block; trim ffn, layers or hidden instead")
+    check_hidden(model, cfg)
     for name in model.arch.linears:
         mod = get_module(model.module, name)
         if type(mod) is not torch.nn.Linear:

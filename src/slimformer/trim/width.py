@@ -18,6 +18,7 @@ from ..model import BlockMap, Model, get_module
 from . import scores as S
 from .reconstruct import mean_into_bias, refit
 from ..model.families import family
+from ..model.sentence_head import narrow_inputs
 from .surgery import head_rows, refresh, trim_ffn, trim_head_dims, trim_heads, trim_hidden
 
 
@@ -160,14 +161,33 @@ def trim_width(model: Model, cfg, calib, taylor: dict | None, progress: bool) ->
                     hidden=_cut_hidden(model, cfg, hidden_stats, taylor) if cfg.hidden else None)
 
 
+def _head_dim_follows_hidden(arch) -> bool:
+    """The config derives head_dim = hidden / heads (BERT, GPT-2, MPNet, ModernBERT)."""
+    heads = {b.attn.n_heads for b in arch.blocks}
+    return "head_dim" not in family(arch).config_keys and len(heads) == 1 and \
+        all(b.attn.n_heads * b.attn.head_dim == arch.hidden_size for b in arch.blocks)
+
+
+def check_hidden(model: Model, cfg) -> None:
+    """Refuse, before anything changes, a hidden trim the model cannot take: where head_dim follows
+    the hidden size every head loses dimensions with it, and under rotary positions a cut head
+    dimension breaks its rotation pair and changes the frequencies of the pairs kept (the rotary
+    tables are rebuilt for the new head_dim). Relative position biases (per head, MPNet) do not
+    depend on the width, so MPNet's hidden trim goes ahead."""
+    arch = model.arch
+    if cfg.hidden and arch.rope is not None and _head_dim_follows_hidden(arch) and \
+            amount(cfg.hidden, arch.hidden_size, "hidden channels"):
+        raise ConfigValueError(f"{arch.model_type} derives head_dim from the hidden size and rotates head dimensions "
+                               "in pairs (rotary positions), so hidden channels cannot be cut; trim heads, ffn or "
+                               "layers instead")
+
+
 def _cut_hidden(model: Model, cfg, stats: dict, taylor) -> dict:
     arch = model.arch
     n = amount(cfg.hidden, arch.hidden_size, "hidden channels")
     entry: dict = {}
     heads = {b.attn.n_heads for b in arch.blocks}
-    tied_to_hidden = "head_dim" not in family(arch).config_keys and len(heads) == 1 and \
-        all(b.attn.n_heads * b.attn.head_dim == arch.hidden_size for b in arch.blocks)
-    if tied_to_hidden:
+    if _head_dim_follows_hidden(arch):
         # BERT / GPT-2 configs derive head_dim = hidden / heads: shrink every head to match, so the
         # trimmed model keeps a standard config (the hidden size becomes a multiple of the heads).
         n_heads = heads.pop()
@@ -182,7 +202,10 @@ def _cut_hidden(model: Model, cfg, stats: dict, taylor) -> dict:
         refresh(model)
         entry["head_dim"] = new_dim
     score = S.hidden_scores(model, cfg.score, stats, taylor)
-    trim_hidden(model, sorted(set(range(model.arch.hidden_size)) - set(lowest(score, n))))
+    keep = sorted(set(range(model.arch.hidden_size)) - set(lowest(score, n)))
+    trim_hidden(model, keep)
+    # the sentence-transformers Dense after pooling reads the hidden channels too
+    model.pooling.dense = narrow_inputs(model.pooling.dense, model.extra_files, torch.tensor(keep), len(keep))
     refresh(model)
     entry.update({"removed": n, "hidden_size": model.arch.hidden_size})
     return entry

@@ -49,7 +49,7 @@ def exports_for(arch: ArchMap) -> list[str]:
     """The formats `slimformer export` writes for this model (named in every refusal)."""
     fam = family(arch)
     out = ["hf"]
-    if fam.onnx:
+    if fam.onnx and (fam.onnx != "encoder" or arch.kind == "encoder"):  # an encoder graph lowers no decoder
         out.append("onnx")
     if arch.model_type in fam.gguf_arch:
         out.append("gguf")

@@ -239,11 +239,13 @@ def gguf_cache_folder(gguf_path: Path) -> Path:
     folder = cache_root() / "gguf" / f"{gguf_path.stem}-{digest}"
     if (folder / "config.json").is_file():
         return folder
-    _check_gguf_arch(gguf_path)
+    header = _check_gguf_arch(gguf_path)
     with atomic_dir(folder, overwrite=True) as tmp:
         kw = dict(gguf_file=gguf_path.name, trust_remote_code=False)
         tok = build_tokenizer(gguf_path)  # from the file's own vocabulary (gguf_tokenizer.py says why)
-        module = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
+        cfg = AutoConfig.from_pretrained(gguf_path.parent, **kw)
+        _header_facts_into(cfg, header)
+        module = AutoModelForCausalLM.from_pretrained(gguf_path.parent, config=cfg, dtype=torch.float32, **kw)
         # The weights are plain fp32 now; drop the GGUF marker so the folder loads as such.
         if hasattr(module.config, "quantization_config"):
             del module.config.quantization_config
@@ -254,15 +256,40 @@ def gguf_cache_folder(gguf_path: Path) -> Path:
     return folder
 
 
-def _check_gguf_arch(path: Path) -> None:
-    from gguf import GGUFReader
+def _check_gguf_arch(path: Path) -> dict:
+    """Refuse architectures no family reads; returns the header's scalar and bool-array keys,
+    without the architecture prefix."""
+    from gguf import GGUFReader, GGUFValueType
     try:
-        field = GGUFReader(str(path)).fields.get("general.architecture")
+        fields = GGUFReader(str(path)).fields
+        field = fields.get("general.architecture")
         arch = bytes(field.parts[field.data[0]]).decode() if field else None
+        header = {k[len(f"{arch}."):]: f.contents() for k, f in fields.items() if k.startswith(f"{arch}.")
+                  and (f.types[0] != GGUFValueType.ARRAY or f.types[-1] == GGUFValueType.BOOL)}
     except Exception as e:  # a truncated or foreign file
         raise ModelNotFoundError(f"{path} is not a readable GGUF file ({_first_line(e)})") from None
     if arch not in gguf_model_types():
         check_supported(f"gguf:{arch}")
+    return header
+
+
+def _header_facts_into(cfg, header: dict) -> None:
+    """Header facts transformers 5.17 does not carry into the config (it keeps the config class's
+    defaults): the key length as head_dim (qwen3) and as the attention scale, the per-layer sliding pattern as layer_types
+    and the sliding layers' rope base (gemma3 files whose pattern is not every 6th layer global)."""
+    key_length = header.get("attention.key_length")
+    if key_length and getattr(cfg, "head_dim", None) not in (None, key_length):
+        cfg.head_dim = int(key_length)
+    if key_length and getattr(cfg, "query_pre_attn_scalar", None) is not None:
+        cfg.query_pre_attn_scalar = int(key_length)  # llama.cpp scales attention by key_length^-0.5
+    pattern = header.get("attention.sliding_window_pattern")
+    if isinstance(pattern, list) and getattr(cfg, "layer_types", None) is not None \
+            and len(pattern) == len(cfg.layer_types):
+        cfg.layer_types = ["sliding_attention" if p else "full_attention" for p in pattern]
+    params = getattr(cfg, "rope_parameters", None)
+    if "rope.freq_base_swa" in header and isinstance(params, dict) \
+            and isinstance(params.get("sliding_attention"), dict):
+        params["sliding_attention"]["rope_theta"] = float(header["rope.freq_base_swa"])
 
 
 def _hub_folder(src: Source) -> Path:

@@ -55,4 +55,4 @@ FAMILY = Family(
     describe="Gemma 3 decoders and bidirectional Gemma 3 encoders (gemma3_text)",
     encoder_when=lambda cfg: bool(getattr(cfg, "use_bidirectional_attention", False)),
     # transformers reads llama.cpp's gemma3 GGUFs as gemma3_text
-    gguf_sources=("gemma3",))
+    gguf_arch={"gemma3_text": "gemma3"}, gguf_sources=("gemma3",))

@@ -48,4 +48,5 @@ FAMILY = Family(
     config_keys=dict(heads="num_attention_heads", kv_heads="num_key_value_heads", ffn="intermediate_size",
                      layers="num_hidden_layers", hidden="hidden_size", head_dim="head_dim"),
     describe="Llama-family decoders (llama, mistral, qwen2, qwen3 with its per-head q/k norms; SmolLM is llama)",
-    onnx="decoder", gguf_arch={"llama": "llama", "mistral": "llama"}, gguf_sources=("llama", "mistral", "qwen2"))
+    onnx="decoder", gguf_arch={"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"},
+    gguf_sources=("llama", "mistral", "qwen2", "qwen3"))

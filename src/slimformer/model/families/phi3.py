@@ -67,4 +67,5 @@ FAMILY = Family(
                      layers="num_hidden_layers", hidden="hidden_size", head_dim="head_dim"),
     # head_dim: Phi3Config has none (hidden / heads) but its attention and rotary read one when set,
     # so a hidden-channel trim keeps the heads whole and writes head_dim (a standard config)
-    describe="Phi-3 decoders (phi3; fused qkv_proj and gate_up_proj)")
+    describe="Phi-3 decoders (phi3; fused qkv_proj and gate_up_proj)",
+    gguf_arch={"phi3": "phi3"}, gguf_sources=("phi3",))

@@ -1,8 +1,9 @@
 """A .gguf file run by llama.cpp (llama-cpp-python), behind the calls evaluate/ and bench/ make.
 
-Token ids go in as they are: the caller tokenizes with the HF tokenizer read from the same GGUF,
-so a GGUF and its PyTorch original are scored on identical windows. Logits come back as torch
-tensors; greedy decoding takes the argmax of llama.cpp's last logits, as transformers does.
+Token ids go in as they are: the caller tokenizes with the tokenizer built from the same GGUF's
+vocabulary (model/gguf_tokenizer.py), so a GGUF and its PyTorch original are scored on identical
+windows. Logits come back as torch tensors; greedy decoding takes the argmax of llama.cpp's last
+logits, as transformers does.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def gguf_metadata(path: Path) -> dict:
             meta[key] = field.contents()
         elif key.endswith(("head_count", "head_count_kv", "feed_forward_length")):
             meta[key] = field.contents()
+        elif key == "tokenizer.ggml.tokens":  # files without {arch}.vocab_size (llama.cpp's converter writes none)
+            meta["_n_vocab"] = len(field.data)
     meta["_tensor_types"] = dict()
     params = 0
     for t in reader.tensors:
@@ -51,7 +54,7 @@ class LlamaCppModule:
     def __init__(self, path: Path, meta: dict):
         self.path, self.meta = Path(path), meta
         arch = meta["general.architecture"]
-        self.config = SimpleNamespace(vocab_size=int(meta.get(f"{arch}.vocab_size") or 0), model_type=arch)
+        self.config = SimpleNamespace(vocab_size=int(meta.get(f"{arch}.vocab_size") or meta.get("_n_vocab") or 0), model_type=arch)
         self._key, self._context = None, None  # one llama.cpp context at a time: each holds a KV cache
 
     def _llm(self, logits_all: bool, n_ctx: int):

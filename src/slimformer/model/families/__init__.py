@@ -51,7 +51,7 @@ def exports_for(arch: ArchMap) -> list[str]:
     out = ["hf"]
     if fam.onnx and (fam.onnx != "encoder" or arch.kind == "encoder"):  # an encoder graph lowers no decoder
         out.append("onnx")
-    if arch.model_type in fam.gguf_arch:
+    if arch.model_type in fam.gguf_arch and arch.kind == "causal":  # llama.cpp's graphs here are causal LMs
         out.append("gguf")
     return out
 

@@ -34,13 +34,18 @@ def adapter(root, cfg, model_type: str) -> ArchMap:
             pre_norm=True, attention_type=layer_types[i] if layer_types else "full_attention"))
     head = "lm_head" if hasattr(root, "lm_head") else None
     bidirectional = bool(getattr(cfg, "use_bidirectional_attention", False))
+    window = getattr(cfg, "sliding_window", None)
+    if bidirectional and window:  # transformers' bidirectional window keeps |q - k| < sliding_window
+        window = int(window) - 1
     return ArchMap(family="gemma3", model_type=model_type, kind="encoder" if bidirectional else "causal",
                    hidden_size=cfg.hidden_size, max_positions=cfg.max_position_embeddings,
                    blocks=tuple(blocks), embeddings=(f"{p}embed_tokens",), final_norm=f"{p}norm", head=head,
                    tied_head=bool(head and cfg.tie_word_embeddings),
                    norm=NormSpec("rms", offset=1.0, eps=float(cfg.rms_norm_eps)),
                    embed_scale=float(cfg.hidden_size) ** 0.5, rope=rope_spec(cfg),
-                   sliding_window=getattr(cfg, "sliding_window", None), bidirectional=bidirectional)
+                   sliding_window=window, bidirectional=bidirectional,
+                   attn_scale=float(cfg.query_pre_attn_scalar) ** -0.5,
+                   attn_softcap=getattr(cfg, "attn_logit_softcapping", None))
 
 
 def set_heads(mod, n_heads: int, n_kv_heads: int, head_dim: int) -> None:
@@ -54,5 +59,6 @@ FAMILY = Family(
                      layers="num_hidden_layers", hidden="hidden_size", head_dim="head_dim"),
     describe="Gemma 3 decoders and bidirectional Gemma 3 encoders (gemma3_text)",
     encoder_when=lambda cfg: bool(getattr(cfg, "use_bidirectional_attention", False)),
+    onnx="encoder",  # the bidirectional encoder only (exports_for: an encoder graph lowers no decoder)
     # transformers reads llama.cpp's gemma3 GGUFs as gemma3_text
     gguf_arch={"gemma3_text": "gemma3"}, gguf_sources=("gemma3",))

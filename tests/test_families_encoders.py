@@ -245,6 +245,59 @@ def test_rtn_codes_are_the_nearest_grid_points_and_gptq_is_no_worse_than_rtn(mod
     assert 0 < err["gptq"] < 1.35 * err["rtn"]
 
 
+@pytest.mark.parametrize("family", NEW)
+def test_smoothquant_and_awq_compensate_their_scales(models, family):
+    """W8A8 with SmoothQuant and int4 AWQ: every scale moved into the weights is taken back out of
+    the inputs (folded into ModernBERT's pre-norms, kept in-layer under MPNet's post-norms). A
+    scale left uncompensated multiplies channels by s (here from 0.1x to 10x), far outside these
+    bounds; the bounds are RTN's own errors at the same grid."""
+    base = models[family]
+    ids = _ids(seed=5, n=4, s=32)
+    ref = _out(base, ids)
+
+    def rel_err(cfg):
+        model = copy.deepcopy(base)
+        log = quantize_model(model, cfg, CAL, progress=False)
+        return float((_out(model, ids) - ref).norm() / ref.norm()), log
+
+    rtn8, _ = rel_err(QuantizeConfig(method="rtn", bits=8, activations="dynamic"))
+    sq8, log = rel_err(QuantizeConfig(method="gptq", bits=8, activations="dynamic", smoothquant=0.5))
+    assert log.scales  # smoothing did act on some input groups
+    assert sq8 < max(2 * rtn8, 0.02)
+    rtn4, _ = rel_err(QuantizeConfig(method="rtn", bits=4, group_size=32, symmetric=False))
+    awq4, _ = rel_err(QuantizeConfig(method="awq", bits=4, group_size=32, symmetric=False))
+    assert awq4 < 1.3 * rtn4
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_sparsegpt_2of4_keeps_two_of_every_four(models, family):
+    model = copy.deepcopy(models[family])
+    prune_model(model, PruneConfig(method="sparsegpt", pattern="2:4"), CAL, progress=False)
+    for name in model.arch.linears:
+        w = get_module(model.module, name).weight
+        nonzero = (w.view(w.shape[0], -1, 4) != 0).sum(-1)
+        assert bool((nonzero <= 2).all()) and float((nonzero == 2).float().mean()) > 0.99
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_recover_distils_with_the_int8_grid_kept(models, family, tmp_path):
+    from slimformer.recover import RecoverConfig, recover
+    original = models[family]
+    model = copy.deepcopy(original)
+    trim_ffn(model, model.arch.blocks[-1], list(range(80)))
+    refresh(model)
+    quantize_model(model, QuantizeConfig(method="rtn", bits=8), progress=False)
+    before = {n: get_module(model.module, n).codes().clone() for n in model.arch.linears}
+    log = recover(model, original, RecoverConfig(steps=4, batch_size=2, seq_len=32, holdout=2, lr=1e-2, eval_every=2,
+                                                 data=["wikitext2:validation"], eval="heldout", kl=0.0),
+                  progress=False)
+    assert log.steps == 4 and log.qat_layers == len(model.arch.linears)
+    assert any(not torch.equal(before[n], get_module(model.module, n).codes()) for n in before)  # it trained
+    again = load(save(model, tmp_path / "r"))
+    ids = _ids()
+    assert torch.equal(_out(again, ids), _out(model, ids))
+
+
 # ---------------------------------------------------------------- sentence-transformers modules
 
 def _sentence_folder(src, dst, pooling="mean", weights="safetensors", act="torch.nn.modules.activation.Tanh",

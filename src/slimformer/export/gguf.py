@@ -28,6 +28,10 @@ from .gguf_tensors import model_tensors, rotary_order as _rotary_order  # noqa: 
 
 def _target(model: Model) -> Target:
     from ..model.families import exports_for, family
+    if "gguf" not in exports_for(model.arch) and model.arch.kind != "causal":
+        raise UnsupportedModelError(f"GGUF export writes causal language models for llama.cpp; this "
+                                    f"{model.arch.model_type!r} model attends both ways (an encoder): export it as "
+                                    f"{' or '.join(exports_for(model.arch))}")
     if "gguf" not in exports_for(model.arch):
         raise UnsupportedModelError(f"GGUF export does not hold {model.arch.model_type!r} models yet; export it "
                                     f"as {' or '.join(exports_for(model.arch))}")

@@ -39,12 +39,12 @@ def _sts_by_hand(model, split: str) -> float:
 
 
 def test_minilm_sts_matches_published_figures(minilm):
-    # Test split: 82.03 is the figure sentence-transformers publishes for all-MiniLM-L6-v2 on STS-B test.
-    assert round(evaluate(minilm, "sts", split="test").value, 2) == 82.03
-    # Dev split: no published figure; the reference is computed here by hand (86.72, as the README says).
-    dev = evaluate(minilm, "sts", split="dev").value
-    expected = _sts_by_hand(minilm, "dev")
-    assert dev == pytest.approx(expected, abs=1e-3) and round(expected, 2) == 86.72
+    # 82.03 is the figure sentence-transformers publishes for all-MiniLM-L6-v2 on STS-B test; the
+    # same split is also computed here by hand, independently of slimformer's evaluate/. (The dev
+    # figure, 86.72, comes from the same code path; one split keeps this test to two passes.)
+    test = evaluate(minilm, "sts", split="test").value
+    expected = _sts_by_hand(minilm, "test")
+    assert test == pytest.approx(expected, abs=1e-3) and round(test, 2) == round(expected, 2) == 82.03
 
 
 def test_minilm_info(minilm):
@@ -134,11 +134,11 @@ def test_minilm_w8a8_keeps_sts_quality(minilm, tmp_path):
 
 
 def test_smollm2_w8a8_and_int4_perplexity(smollm2):
-    """Per-token W8A8 within 3 % and GPTQ-free int4 g64 RTN within 60 % of fp32 on 4 test windows."""
+    """Per-token W8A8 within 3 % and GPTQ-free int4 g64 RTN within 60 % of fp32 on 2 test windows."""
     import copy
 
     from slimformer.quant import QuantizeConfig, quantize_model
-    kw = dict(data="wikitext2", split="test", max_windows=4, progress=False)
+    kw = dict(data="wikitext2", split="test", max_windows=2, progress=False)
     fp32 = evaluate(smollm2, "ppl", **kw).value
     for cfg, bound in [(QuantizeConfig(bits=8, activations="dynamic"), 1.03),
                        (QuantizeConfig(bits=4, group_size=64, symmetric=False), 1.6)]:

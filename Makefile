@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 THREADS ?= 1
+# Test processes (pytest-xdist); each gets cores / TEST_WORKERS torch threads (tests/conftest.py).
+TEST_WORKERS ?= 2
 # An index for torch alone, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build
 # on a Linux machine where PyPI's torch==2.13.0 is the multi-GB CUDA one. Empty (CI): torch comes
 # from the same indexes as everything else.
@@ -26,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"

@@ -11,6 +11,8 @@ import transformers as T
 from slimformer.data import data_root
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs workers side by side: share the cores
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 T.utils.logging.set_verbosity_error()
 T.utils.logging.disable_progress_bar()
 

@@ -90,3 +90,16 @@ def test_folders_of_the_previous_format_still_load(tiny, tmp_path):
     ids = torch.randint(5, 300, (2, 10))
     with torch.no_grad():
         assert torch.equal(again.module(ids).logits, model.module(ids).logits)
+
+
+def test_a_cache_entry_finished_by_another_process_is_kept(tmp_path):
+    """Two test workers (or users) building the same cache entry: the second keeps the first's
+    folder, which a reader may already be using, and leaves no partial folder behind."""
+    from slimformer.atomic import atomic_dir
+    target = tmp_path / "entry"
+    with atomic_dir(target, keep_existing=True) as a:
+        (a / "f").write_text("first")
+    with atomic_dir(target, keep_existing=True) as b:
+        (b / "f").write_text("second")
+    assert (target / "f").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]

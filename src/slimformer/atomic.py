@@ -26,8 +26,10 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    target = _prepare(target, overwrite)
+def atomic_dir(target: str | os.PathLike, overwrite: bool = False, keep_existing: bool = False) -> Iterator[Path]:
+    """keep_existing: a cache entry that another process finished while this one was building it
+    is kept (and this copy dropped), so a reader of the first is never left without its files."""
+    target = _prepare(target, overwrite or keep_existing)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         yield tmp
@@ -35,6 +37,9 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
+    if keep_existing and target.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)

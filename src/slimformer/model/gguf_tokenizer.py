@@ -162,7 +162,7 @@ def cached_tokenizer(path: Path):
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{tokenizers.__version__}"
     folder = cache_root() / "tokenizers" / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if not (folder / "tokenizer.json").is_file():
-        with atomic_dir(folder, overwrite=True) as tmp:
+        with atomic_dir(folder, keep_existing=True) as tmp:
             build_tokenizer(path).save_pretrained(tmp)
     return PreTrainedTokenizerFast.from_pretrained(folder)
 

@@ -240,7 +240,7 @@ def gguf_cache_folder(gguf_path: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     header = _check_gguf_arch(gguf_path)
-    with atomic_dir(folder, overwrite=True) as tmp:
+    with atomic_dir(folder, keep_existing=True) as tmp:
         kw = dict(gguf_file=gguf_path.name, trust_remote_code=False)
         tok = build_tokenizer(gguf_path)  # from the file's own vocabulary (gguf_tokenizer.py says why)
         cfg = AutoConfig.from_pretrained(gguf_path.parent, **kw)

@@ -39,6 +39,22 @@ def metric_name(model) -> str:
     return "ppl (WikiText-2 test)" if model.is_causal else "STS-B test Spearman x100"
 
 
+def decode_ratio(base, model, rounds: int, threads: int = 1) -> tuple[float, float]:
+    """Best decode tokens/s (32-token prompt, 128 greedy tokens, batch 1) of the original and
+    the compressed model at `threads`, in alternating rounds."""
+    from slimformer.bench.workloads import decode
+    cores = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    best = {"base": 0.0, "trim": 0.0}
+    try:
+        for _ in range(rounds):  # alternating: a fixed order favours whichever runs later
+            for key, m in (("base", base), ("trim", model)):
+                best[key] = max(best[key], decode(m, "wikitext2", 32, 128, 1)["tokens_per_s"])
+    finally:
+        torch.set_num_threads(cores)
+    return best["base"], best["trim"]
+
+
 def peer_dataset(calib):
     """slimformer's calibration sequences (padding removed) as a `datasets.Dataset` for a peer."""
     from datasets import Dataset

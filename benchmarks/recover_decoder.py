@@ -3,14 +3,16 @@
     python benchmarks/recover_decoder.py --runs layers:6 --minutes 60
     python benchmarks/recover_decoder.py --runs sparsegpt:2:4 --minutes 60
 
-A run is `layers:N` (drop N blocks by block influence, one-shot) or `METHOD:N:M` / `METHOD:S`
+A run is `layers:N` (drop N blocks by block influence, one-shot), `trim:N:F` (N blocks and a
+fraction F of every kept block's FFN neurons, fluctuation scores with reconstruction) or `METHOD:N:M` / `METHOD:S`
 (prune with slimformer's SparseGPT / Wanda / magnitude, default calibration: 64 x 1024 WikiText-2
 validation windows). Then the recover stage: KL(teacher || student) of next-token distributions
 on WikiText-2 validation windows (the last --holdout windows held out for the evaluations that
 pick the best checkpoint), masks kept, at most --minutes of training.
 Perplexity: WikiText-2 test (canonical file), first --windows windows of 1024 tokens, the
 foundation's protocol, the original in the same run; "gap closed" = (one-shot - recovered) /
-(one-shot - original).
+(one-shot - original). With --decode-rounds, decode tokens/s of the original and the recovered model
+(batch 1, prompt 32, 128 greedy tokens, --decode-threads, alternating rounds, best of each).
 """
 from __future__ import annotations
 
@@ -26,13 +28,15 @@ from slimformer.prune.stage import PruneConfig, prune_model
 from slimformer.recover import RecoverConfig, recover
 from slimformer.trim import TrimConfig, trim_model
 
-from common import append_row, quality
+from common import append_row, decode_ratio, quality
 
 
 def compress(base, run: str):
     parts = run.split(":")
     m = copy.deepcopy(base)
-    if parts[0] == "layers":
+    if parts[0] == "trim":
+        trim_model(m, TrimConfig(layers=int(parts[1]), ffn=float(parts[2])), None, original=base, progress=False)
+    elif parts[0] == "layers":
         trim_model(m, TrimConfig(layers=int(parts[1]), layer_score="block_influence"), None, original=base,
                    progress=False)
     else:
@@ -58,6 +62,8 @@ def main() -> None:
     p.add_argument("--train", default="blocks", choices=["blocks", "all"])
     p.add_argument("--windows", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--decode-rounds", type=int, default=0, help="also measure decode tokens/s (0: skip)")
+    p.add_argument("--decode-threads", type=int, default=1)
     p.add_argument("--out", default="runs/recover_decoder.jsonl")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,6 +88,12 @@ def main() -> None:
                "heldout_before": log.before, "heldout_after": log.after, "stopped_by_time": log.stopped_by_time,
                "settings": {k: v for k, v in vars(args).items() if k != "runs"},
                "masked_fraction": log.masked_fraction, "windows": args.windows, "environment": environment()}
+        if args.decode_rounds:
+            row["decode_original"], row["decode_recovered"] = decode_ratio(base, m, args.decode_rounds,
+                                                                           args.decode_threads)
+            row["decode_ratio"] = row["decode_recovered"] / row["decode_original"]
+            print(f"decode x{row['decode_ratio']:.2f} ({row['decode_recovered']:.1f} vs "
+                  f"{row['decode_original']:.1f} tokens/s, {args.decode_threads} thread)", flush=True)
         append_row(args.out, row)
         print(f"| {run} | {dense:.2f} | {one_shot:.2f} | {recovered:.2f} | {closed:.0%} | {log.steps} steps, "
               f"{log.tokens:,} tokens, {log.train_wall_s / 60:.1f} min |", flush=True)

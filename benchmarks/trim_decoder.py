@@ -22,10 +22,9 @@ import torch
 import slimformer
 from slimformer.bench.env import environment
 from slimformer.bench.memory import RssPeak
-from slimformer.bench.workloads import decode
 from slimformer.trim import TrimConfig, trim_model
 
-from common import append_row, quality
+from common import append_row, decode_ratio, quality
 
 DEFAULT_RUNS = ["layers:6:block_influence", "layers:6:loss", "width:0.25:1:fluctuation",
                 "width:0.25:1:magnitude", "width:0.25:1:taylor"]
@@ -37,18 +36,6 @@ def parse_run(text: str, args) -> TrimConfig:
     if parts[0] == "layers":
         return TrimConfig(layers=float(parts[1]), layer_score=parts[2], layer_candidates=args.candidates, **common)
     return TrimConfig(ffn=float(parts[1]), kv_heads=float(parts[2]), score=parts[3], **common)
-
-
-def decode_ratio(base, model, rounds: int) -> tuple[float, float]:
-    torch.set_num_threads(1)
-    best = {"base": 0.0, "trim": 0.0}
-    try:
-        for _ in range(rounds):  # alternating: a fixed order favours whichever runs later
-            for key, m in (("base", base), ("trim", model)):
-                best[key] = max(best[key], decode(m, "wikitext2", 32, 128, 1)["tokens_per_s"])
-    finally:
-        torch.set_num_threads(2)
-    return best["base"], best["trim"]
 
 
 def main() -> None:

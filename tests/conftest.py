@@ -98,6 +98,14 @@ def smollm2():
     return load("smollm2")
 
 
+@pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma-3-270M (integration tests in one xdist group, so one worker loads it; shared:
+    deepcopy before changing it)."""
+    from slimformer.model import load
+    return load("gemma3")
+
+
 def assert_same_embeddings(a, b, n: int = 96) -> None:
     """Two encoders give bit-identical sentence embeddings on the first n STS-B test sentences (a
     reloaded model must compute what was saved; equal embeddings imply an equal STS score, and

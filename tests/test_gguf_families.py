@@ -138,16 +138,21 @@ def test_export_loads_back_through_transformers(models, family, tmp_path):
     assert torch.allclose(_logits(back, ids), _logits(model, ids), atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
-def test_gptq_codes_go_in_bit_for_bit_without_rotary_reordering(models, family, tmp_path):
-    """NeoX-rope architectures take HF's q / k rows as they are (no interleaving permutation)."""
+@pytest.mark.parametrize("family,tensor,method", [("qwen2", "attn_q", "gptq"), ("qwen3", "attn_q", "gptq"),
+                                                  ("gemma3", "attn_q", "gptq"), ("phi3", "attn_qkv", "gptq"),
+                                                  ("gemma3", "attn_q", "awq"), ("phi3", "attn_qkv", "awq")])
+def test_gptq_and_awq_codes_go_in_bit_for_bit_without_rotary_reordering(models, family, tensor, method, tmp_path):
+    """NeoX-rope architectures take HF's q / k rows as they are (no interleaving permutation);
+    Phi-3's fused qkv goes in as one tensor with its codes; AWQ's scales folded into Gemma's
+    (1 + w) norms and Phi-3's fused rows leave codes that go in exactly too."""
     model = copy.deepcopy(models[family])
-    quantize_model(model, QuantizeConfig(method="gptq", bits=4, group_size=32, symmetric=True), CAL, progress=False)
+    quantize_model(model, QuantizeConfig(method=method, bits=4, group_size=32, symmetric=True), CAL, progress=False)
     res = export(model, "gguf", tmp_path / "q.gguf", dtype="f32")
     assert res.details["exact_codes"] == len(model.arch.linears)
     tensors = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors}
-    mod = get_module(model.module, model.arch.blocks[1].attn.q)
-    t = tensors["blk.1.attn_q.weight"]
+    attn = model.arch.blocks[1].attn
+    mod = get_module(model.module, attn.qkv or attn.q)
+    t = tensors[f"blk.1.{tensor}.weight"]
     assert t.tensor_type.name == "Q4_0"
     g = torch.arange(mod.codes().shape[1]) // 32
     ref = (mod.codes().float() * mod.scales.half().float()[:, g]).numpy()

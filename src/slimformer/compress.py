@@ -15,6 +15,7 @@ from .bench import compare
 from .bench.memory import RssPeak
 from .errors import ConfigValueError
 from .evaluate import default_task, evaluate
+from .evaluate.fidelity import encoder_fidelity
 from .model import Model
 from .model.save import write_folder
 from .recipe import Recipe
@@ -88,6 +89,10 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
         notes.append("NON-STANDARD shapes: the trimmed model's config cannot describe it "
                      f"({odd[-1].nonstandard[0]}, ...); it is saved with a shape map and loads through "
                      "slimformer.load, not plain transformers.")
+    on_task = [log for log in logs if log.stage == "recover" and log.metric.startswith("Spearman")]  # RecoverLog
+    if on_task:
+        notes.append(f"Recovery chose its checkpoint on a task score ({on_task[-1].metric}), not on fidelity to the "
+                     "original: quality on that task's data is optimistic, and on other data it may drop more.")
     if not is_main_process():
         return CompressResult(model=model.name, recipe=recipe.to_dict(), stages=logs, quality={}, fidelity=None,
                               speed={}, notes=["not the main process: evaluation and output skipped"])
@@ -97,7 +102,11 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
               progress=progress)
     quality = {"original": evaluate(model, **kw), "compressed": evaluate(compressed, **kw)}
     fid = None
-    if ev.fidelity:
+    if ev.fidelity and not model.is_causal:  # several domains: the user's own data is none of them
+        fid = encoder_fidelity(compressed, model)
+        if not fid.extra["interchangeable"]:
+            notes.append(not_interchangeable_note(fid))
+    elif ev.fidelity:
         fid = evaluate(compressed, "fidelity", split=ev.split, reference=model, seq_len=ev.seq_len,
                        max_windows=ev.max_windows and min(ev.max_windows, 8), progress=progress)
     speed: Comparison = compare(model, compressed, recipe.bench)
@@ -113,6 +122,13 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
     if out is not None:
         write_output(compressed, result, Path(out), overwrite, recipe, kw)
     return result
+
+
+def not_interchangeable_note(fid) -> str:
+    worst = min(fid.extra["sets"].items(), key=lambda kv: kv[1]["p01"])
+    return (f"The compressed model's embeddings are NOT interchangeable with the original's (mean cosine "
+            f"{fid.value:.3f}; 1st percentile {worst[1]['p01']:.3f} on {worst[0]}): re-embed any index or cache "
+            "built with the original before serving queries with this model.")
 
 
 def source_size(model: Model, speed: Comparison) -> dict | None:

@@ -6,6 +6,7 @@ JSONL (one object a line with the same keys), or plain text.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,3 +95,23 @@ def read_sentences(path: Path) -> list[str]:
                 return [str(r[key]) for r in rows]
         raise DataError(f"{path} needs a sentence, text or sentence1/sentence2 column (found {sorted(keys)})")
     return [ln.strip() for ln in _lines(path) if ln.strip()]
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str, min_words: int = 4) -> list[str]:
+    """Running text's sentences of at least `min_words` words (WikiText headings skipped)."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("="):
+            out += [s for s in _SENTENCE_END.split(line) if len(s.split()) >= min_words]
+    return out
+
+
+def text_sentences(path: Path) -> list[str]:
+    """Sentences of any data file: a table's sentence columns, running text split into sentences."""
+    if path.suffix.lower() in (".tsv", ".jsonl", ".json", ".csv"):
+        return read_sentences(path)
+    return split_sentences(read_text(path))

@@ -1,6 +1,9 @@
 """How close a model's outputs are to a reference model's on the same inputs.
 
-Encoders: cosine between pooled embeddings of the same sentences.
+Encoders: cosine between pooled embeddings of the same sentences; the compress report measures it
+on held-out text of several domains (`encoder_fidelity`) and says whether the embeddings are
+interchangeable with the original's (mean >= 0.99 and 1st percentile >= 0.95 on every set: an
+index built with the original then still serves; below, re-embed it).
 Causal LMs: KL(reference || model) of next-token distributions, and top-1 agreement.
 """
 from __future__ import annotations
@@ -29,6 +32,40 @@ def embedding_fidelity(model: Model, reference: Model, sentences: list[str], dat
         protocol=f"cosine between pooled embeddings of {model.name} and {reference.name} on the same sentences",
         extra={"reference": reference.name, "min_cosine": float(cos.min()),
                "p01_cosine": float(cos.quantile(0.01))},
+        wall_s=time.perf_counter() - t0)
+
+
+# held-out text of three domains (none of it a training split): STS-B test (captions, news,
+# forums), WikiText-2 test (encyclopedia sentences), SST-2 dev (movie-review phrases)
+FIDELITY_SETS = (("stsb", "test"), ("wikitext2", "test"), ("sst2", "dev"))
+INTERCHANGEABLE = {"mean": 0.99, "p01": 0.95}
+
+
+def encoder_fidelity(model: Model, reference: Model, sets=FIDELITY_SETS, per_set: int = 500,
+                     batch_size: int = 64) -> EvalResult:
+    """Embedding cosine on the first `per_set` unique texts of each (data, split): mean and 1st
+    percentile per set and over all, and whether the embeddings are interchangeable."""
+    from ..data import resolve_data, text_sentences
+    _check_pair(model, reference)
+    t0 = time.perf_counter()
+    out, all_cos = {}, []
+    for data, split in sets:
+        texts = list(dict.fromkeys(text_sentences(resolve_data(data, split))))[:per_set]
+        cos = torch.nn.functional.cosine_similarity(encode(model, texts, batch_size),
+                                                    encode(reference, texts, batch_size), dim=-1)
+        out[f"{data}/{split}"] = {"n": len(texts), "mean": float(cos.mean()), "p01": float(cos.quantile(0.01))}
+        all_cos.append(cos)
+    cos = torch.cat(all_cos)
+    ok = all(v["mean"] >= INTERCHANGEABLE["mean"] and v["p01"] >= INTERCHANGEABLE["p01"] for v in out.values())
+    return EvalResult(
+        task="fidelity", model=model.name, metric="mean_cosine", value=float(cos.mean()), higher_is_better=True,
+        data=", ".join(out), split=None, n=int(cos.numel()),
+        protocol=(f"cosine between the pooled embeddings of {model.name} and {reference.name} on the first "
+                  f"{per_set} unique texts of each of {', '.join(out)} (held-out text of three domains); "
+                  f"interchangeable: mean >= {INTERCHANGEABLE['mean']} and 1st percentile >= "
+                  f"{INTERCHANGEABLE['p01']} on every set"),
+        extra={"reference": reference.name, "p01_cosine": float(cos.quantile(0.01)), "min_cosine": float(cos.min()),
+               "sets": out, "interchangeable": ok},
         wall_s=time.perf_counter() - t0)
 
 

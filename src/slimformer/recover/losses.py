@@ -16,6 +16,10 @@ get the same number as one process would.
   similarity matrices (it compares models of different widths, e.g. after hidden-channel trimming;
   it depends on which sentences share a batch, so across processes it matches one process only
   approximately).
+- both: optional intermediate-layer matching (`layers`, TinyBERT's hidden-state loss): every
+  student block's output against the teacher block it stands for (block i of M maps to block
+  round(i * N / M) of the teacher's N, the uniform map of Jiao et al. 2020), the scaled token-state
+  MSE above, averaged over blocks. It pins the whole stack, not only what the last layer shows.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class LossWeights:
     mse: float = 0.0
     hidden: float = 0.0
     relation: float = 0.0
+    layers: float = 0.0
 
 
 def _token_mask(batch: dict, like: torch.Tensor) -> torch.Tensor:
@@ -54,6 +59,14 @@ def _hidden_mse(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.T
     err = (s.float() - t.float()).pow(2).mean(-1)
     scale = (t.float().pow(2).mean(-1) * mask).sum() / mask.sum().clamp(min=1)
     return (err * mask).sum(1) / mask.sum(1).clamp(min=1) / scale.clamp(min=1e-12)
+
+
+def _layer_mse(s_states: tuple, t_states: tuple, mask: torch.Tensor) -> torch.Tensor:
+    """Per-example mean over the student's blocks of the scaled MSE to the mapped teacher block
+    (hidden_states[0] is the embeddings' output: not a block)."""
+    m, n = len(s_states) - 1, len(t_states) - 1
+    terms = [_hidden_mse(s_states[i], t_states[round(i * n / m)], mask) for i in range(1, m + 1)]
+    return torch.stack(terms).mean(0)
 
 
 def causal_losses(student_out, teacher_out, batch: dict, w: LossWeights) -> dict[str, torch.Tensor]:
@@ -80,6 +93,10 @@ def causal_losses(student_out, teacher_out, batch: dict, w: LossWeights) -> dict
         m = _token_mask(batch, student_out.hidden_states[-1])
         parts["hidden"] = _hidden_mse(student_out.hidden_states[-1], teacher_out.hidden_states[-1], m)
         total = total + w.hidden * parts["hidden"]
+    if w.layers:
+        m = _token_mask(batch, student_out.hidden_states[-1])
+        parts["layers"] = _layer_mse(student_out.hidden_states, teacher_out.hidden_states, m)
+        total = total + w.layers * parts["layers"]
     parts["total"] = total
     return parts
 
@@ -117,5 +134,8 @@ def encoder_losses(student_out, teacher_out, batch: dict, w: LossWeights, poolin
         s_n, t_n = F.normalize(s_emb, dim=-1), F.normalize(t_emb, dim=-1)
         parts["relation"] = (s_n @ s_n.T - t_n @ t_n.T).pow(2).mean(-1)
         total = total + w.relation * parts["relation"]
+    if w.layers:
+        parts["layers"] = _layer_mse(student_out.hidden_states, teacher_out.hidden_states, mask.to(s_states.dtype))
+        total = total + w.layers * parts["layers"]
     parts["total"] = total
     return parts

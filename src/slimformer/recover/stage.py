@@ -24,9 +24,11 @@ from .trainer import TrainPlan, train
 
 TRAIN = ("blocks", "all")
 PRECISIONS = ("fp32", "bf16")
-DEFAULTS = {  # by model kind: (batch_size, seq_len, holdout, eval)
-    "causal": (8, 512, 8, "heldout"),
-    "encoder": (32, 128, 512, "stsb:dev"),
+DEFAULTS = {  # by model kind: (batch_size, micro_batch, seq_len, holdout, eval)
+    # encoders: micro-batches of 8 texts of similar length (trainer), since the mixture holds
+    # paragraphs of up to seq_len tokens beside short sentences
+    "causal": (8, None, 512, 8, "heldout"),
+    "encoder": (32, 8, 128, 600, "fidelity"),
 }
 
 
@@ -34,7 +36,8 @@ DEFAULTS = {  # by model kind: (batch_size, seq_len, holdout, eval)
 class RecoverConfig:
     steps: int = 500  # optimizer steps
     batch_size: int | None = None  # examples per step over all processes (default: 8 windows / 32 sentences)
-    micro_batch: int | None = None  # examples per forward pass (gradient accumulation); default: all of a process's share
+    micro_batch: int | None = None  # examples per forward pass (gradient accumulation); default: all of a
+    # process's share (causal), 8 texts of similar length (encoders)
     seq_len: int | None = None  # tokens per window (causal, default 512) or max per sentence (encoders, 128)
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -42,8 +45,13 @@ class RecoverConfig:
     min_lr_ratio: float = 0.1  # cosine decay ends at this fraction of lr
     clip: float = 1.0  # gradient norm clipping (0: off)
     data: list = field(default_factory=list)  # training text: bundled "name:split" or files; never test
-    holdout: int | None = None  # held-out windows (causal, 8) / sentences (encoders, 512) of that text
-    eval: str | None = None  # "heldout", or a sentence-pair file / "stsb:dev" for Spearman (encoder default)
+    holdout: int | None = None  # held-out windows (causal, 8) / texts (encoders, 600, split over the sources)
+    # what selects the best checkpoint: causal "heldout" (perplexity); encoders "fidelity" (default:
+    # mean cosine to the original on the held-out texts), "heldout" (distillation loss there), or a
+    # sentence-pair file / "stsb:dev" (Spearman: fits the checkpoint to that task, said in the report)
+    eval: str | None = None
+    track: list = field(default_factory=list)  # encoders: pair files / "stsb:test" scored at every evaluation,
+    # recorded in the history (the report's curve of task score against steps), never used to select
     eval_every: int = 100
     save_every: int = 100  # checkpoint interval (0: only the best)
     patience: int = 0  # stop after this many evaluations without improvement (0: never)
@@ -57,6 +65,7 @@ class RecoverConfig:
     mse: float = 0.0
     hidden: float = 0.0
     relation: float = 0.0
+    layers: float = 0.0  # intermediate-layer matching: every block's output to its teacher block's
     train: str = "blocks"  # blocks (block linears and norms, final norm) | all (also embeddings, head)
     lora: int = 0  # LoRA rank (0: full fine-tuning of what `train` selects)
     lora_alpha: float = 16.0
@@ -89,9 +98,9 @@ class RecoverConfig:
             raise ConfigValueError("recover save_every, patience and lora must be >= 0")
         if not self.lr > 0 or not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1 or self.clip < 0:
             raise ConfigValueError("recover needs lr > 0, warmup in [0, 1), min_lr_ratio in [0, 1], clip >= 0")
-        weights = [self.kl, self.ce, self.cosine, self.mse, self.hidden, self.relation]
+        weights = [self.kl, self.ce, self.cosine, self.mse, self.hidden, self.relation, self.layers]
         if min(weights) < 0 or not any(weights) or self.temperature <= 0:
-            raise ConfigValueError("recover loss weights (kl, ce, cosine, mse, hidden, relation) must be >= 0, "
+            raise ConfigValueError("recover loss weights (kl, ce, cosine, mse, hidden, relation, layers) must be >= 0, "
                                    "not all 0, and temperature > 0")
         if self.train not in TRAIN:
             raise ConfigValueError(f"recover train must be {' or '.join(TRAIN)} (got {self.train!r})")
@@ -112,6 +121,8 @@ class RecoverConfig:
         if self.eval is not None and names_test_split(self.eval):
             raise ConfigValueError(f"recover eval {self.eval!r}: the best checkpoint must not be chosen on the "
                                    "test split; use heldout or a dev split (stsb:dev)")
+        if self.track and not isinstance(self.track, list):
+            raise ConfigValueError("recover track must be a list of pair files or bundled sets (e.g. [stsb:test])")
         for rx in self.prune_ignore:
             try:
                 re.compile(rx)
@@ -146,9 +157,10 @@ class RecoverLog(StageLog):
 
 
 def _resolved(cfg: RecoverConfig, model: Model) -> RecoverConfig:
-    batch, seq, holdout, ev = DEFAULTS[model.kind]
+    batch, micro, seq, holdout, ev = DEFAULTS[model.kind]
     cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or batch, seq_len=cfg.seq_len or seq,
-                              holdout=cfg.holdout or holdout, eval=cfg.eval or ev)
+                              holdout=cfg.holdout or holdout, eval=cfg.eval or ev,
+                              micro_batch=cfg.micro_batch or micro)
     return dataclasses.replace(cfg, micro_batch=min(cfg.micro_batch or cfg.batch_size, cfg.batch_size))
 
 
@@ -172,9 +184,10 @@ def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | 
     """Distil `original` into `model` in place; returns the stage log."""
     cfg.validate()
     cfg = _resolved(cfg, model)
-    if cfg.hidden and model.arch.hidden_size != original.arch.hidden_size:
-        raise ConfigValueError("hidden-state distillation needs the original's hidden size; the model's hidden "
-                               "channels were trimmed: set hidden: 0 (and for encoders use relation instead of cosine)")
+    if (cfg.hidden or cfg.layers) and model.arch.hidden_size != original.arch.hidden_size:
+        raise ConfigValueError("hidden-state and layer distillation need the original's hidden size; the model's "
+                               "hidden channels were trimmed: set hidden: 0 and layers: 0 (and for encoders use "
+                               "relation instead of cosine)")
     if not model.is_causal and (cfg.cosine or cfg.mse) and model.arch.hidden_size != original.arch.hidden_size:
         raise ConfigValueError("embedding cosine / MSE need the original's width; this encoder's hidden channels "
                                "were trimmed: set cosine: 0, mse: 0 and relation: 1")
@@ -227,7 +240,8 @@ def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | 
         before=before, after=after, steps=result.steps_done, tokens=result.tokens, train_wall_s=result.wall_s,
         best_step=result.best_step, stopped_early=result.stopped_early, stopped_by_time=result.stopped_by_time,
         resumed_from=result.resumed_from, qat_layers=len(qat), lora=cfg.lora,
-        data={"sources": data.sources, "examples": len(data), "heldout": len(data.heldout), "seq_len": data.seq_len},
+        data={"sources": data.sources, "examples": len(data), "heldout": len(data.heldout), "seq_len": data.seq_len,
+              "mixture": data.mixture},
         config={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data",)},
         history=result.history)
     if gradual:

@@ -62,6 +62,9 @@ class Evaluation:
     name: str
     fn: Callable[[Model], float]
     higher_is_better: bool
+    # recorded beside it at every evaluation, never used to select (RecoverConfig.track: curves of
+    # a task score, e.g. the report's own STS-B test, against steps)
+    track: dict[str, Callable[[Model], float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,7 +144,7 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
     if plan.gradual:
         g = plan.gradual
         gradual_at = set(pruning_steps(g["start"], g["end"], g["every"]))
-    need_hidden = bool(plan.losses.hidden) and student.is_causal
+    need_hidden = (bool(plan.losses.hidden) and student.is_causal) or bool(plan.losses.layers)
 
     def losses(out_s, out_t, batch):
         if student.is_causal:
@@ -170,6 +173,7 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
         for group in opt.param_groups:
             group["lr"] = plan.lr * lr_factor(step, plan.steps, plan.warmup, plan.min_lr_ratio)
         idx = data.indices(step * plan.batch_size, plan.batch_size, plan.seed)[rank * per_rank:(rank + 1) * per_rank]
+        idx = data.by_length(idx)  # encoders: micro-batches of similar lengths pad less (the sum is the same)
         micro = [idx[i:i + plan.micro_batch] for i in range(0, len(idx), plan.micro_batch)]
         local_sum, local_tokens = 0.0, 0
         for j, mi in enumerate(micro):
@@ -218,8 +222,11 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
         if done % plan.eval_every == 0 or done == plan.steps or out_of_time:
             module.eval()
             value = evaluation.fn(student)
+            entry = {"step": done, "eval": value, "tokens": result.tokens}
+            if evaluation.track:
+                entry["track"] = {name: fn(student) for name, fn in evaluation.track.items()}
             module.train(plan.dropout)
-            result.history.append({"step": done, "eval": value, "tokens": result.tokens})
+            result.history.append(entry)
             # while gradual pruning is still raising sparsity, a checkpoint cannot be the final model
             final_masks = not plan.gradual or done >= plan.gradual["end"]
             if final_masks and _better(value, best_value, evaluation.higher_is_better):

@@ -17,6 +17,12 @@ def summary_rows(result) -> list[list[str]]:
     if result.fidelity:
         f = result.fidelity
         rows.append([f"fidelity {f['metric']} vs original", "", num(f["value"], 4), ""])
+        for name, v in (f.get("extra") or {}).get("sets", {}).items():  # encoders: per held-out domain
+            rows.append([f"fidelity on {name} ({v['n']} texts): mean / 1st-percentile cosine", "",
+                         f"{v['mean']:.4f} / {v['p01']:.4f}", ""])
+        if "interchangeable" in (f.get("extra") or {}):
+            rows.append(["embeddings interchangeable with the original's", "",
+                         "yes" if f["extra"]["interchangeable"] else "NO: re-embed indexes", ""])
     rows.append(["throughput ratio", "1.00x", times(r["throughput"]), ""])
     if "decode_tokens_per_s" in r:
         rows.append(["decode tokens/s ratio", "1.00x", times(r["decode_tokens_per_s"]), ""])

@@ -96,8 +96,28 @@ def stage_lines(i: int, s) -> list[str]:
     if s.stage == "recover" and hasattr(s, "before"):
         best = f" (best at step {s.best_step})" if s.best_step is not None else ""
         lines += [f"Recovery ({s.metric}): {s.before:.4g} before, {s.after:.4g} after {s.steps} steps, "
-                  f"{s.tokens:,} tokens, {s.train_wall_s:.0f} s of training{best}.", "",
-                  f"![recovery curves]({CURVES_FILE})", ""]
+                  f"{s.tokens:,} tokens, {s.train_wall_s:.0f} s of training{best}.", ""]
+        lines += recover_detail_lines(s) + [f"![recovery curves]({CURVES_FILE})", ""]
+    return lines
+
+
+def recover_detail_lines(s) -> list[str]:
+    """What recovery trained on, what chose its checkpoint, and its evaluations step by step."""
+    lines = []
+    mix = (s.data or {}).get("mixture")
+    if mix:
+        parts = [f"{k} ({v['texts']:,} texts, {v['heldout']} held out, share {v['share']:.0%})" for k, v in mix.items()]
+        lines += [f"Training text, mixed: {'; '.join(parts)}.", ""]
+    if s.metric.startswith("Spearman"):
+        lines += [f"> The checkpoint was chosen on a task score ({s.metric}), not on fidelity to the original: "
+                  "quality on that task's distribution is optimistic, and on other data it may drop more.", ""]
+    evals = [h for h in s.history or [] if "eval" in h]
+    if evals:
+        tracked = sorted({k for h in evals for k in h.get("track", {})})
+        head = ["step", "tokens", s.metric + " (selects)"] + [f"{k} (tracked, not used to select)" for k in tracked]
+        rows = [[str(h["step"]), f"{h['tokens']:,}", fmt(h["eval"])] +
+                [fmt(h.get("track", {}).get(k)) for k in tracked] for h in evals]
+        lines += [md_table(head, rows), ""]
     return lines
 
 

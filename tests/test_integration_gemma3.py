@@ -66,7 +66,7 @@ def test_gemma3_issue_trim_loads_in_plain_transformers(gemma3, tmp_path):
     from slimformer.trim import TrimConfig, trim_model
     kinds = [b.attention_type for b in gemma3.arch.blocks]
     model = copy.deepcopy(gemma3)
-    log = trim_model(model, TrimConfig(layers=6, ffn=0.25), {"samples": 8, "seq_len": 512}, original=gemma3,
+    log = trim_model(model, TrimConfig(layers=6, ffn=0.25), {"samples": 4, "seq_len": 256}, original=gemma3,
                      progress=False)
     kept = [i for i in range(len(kinds)) if i not in log.layers_dropped]
     assert log.standard and model.arch.n_layers == 12 and model.arch.blocks[0].ffn.width == 1536
@@ -88,7 +88,8 @@ def test_gemma3_f32_gguf_matches_pytorch_in_llama_cpp(gemma3, tmp_path):
     from slimformer.runtime import open_model
     export(gemma3, "gguf", tmp_path / "f32.gguf", dtype="f32")
     g = open_model(tmp_path / "f32.gguf")
-    a, b = evaluate(gemma3, "ppl", **KW).value, evaluate(g, "ppl", **KW).value
+    kw = {**KW, "max_windows": 1}
+    a, b = evaluate(gemma3, "ppl", **kw).value, evaluate(g, "ppl", **kw).value
     assert abs(b / a - 1) < 0.001
     ids = gemma3.tokenizer("The history of the Roman Empire begins with", return_tensors="pt").input_ids
     ref = gemma3.module.generate(ids, max_new_tokens=16, do_sample=False)[0, ids.shape[1]:]

@@ -13,12 +13,13 @@ from slimformer.trim import TrimConfig, trim_model
 pytestmark = pytest.mark.integration
 
 
-def test_minilm_trimmed_recovers_sts_dev_in_a_few_steps(minilm):
+def test_minilm_trimmed_recovers_fidelity_in_a_few_steps(minilm):
     model = copy.deepcopy(minilm)
     trim_model(model, TrimConfig(heads=0.5, ffn=0.5, score="fluctuation"), None, original=minilm, progress=False)
     log = recover(model, minilm, RecoverConfig(steps=25, lr=2e-4, eval_every=25), progress=False)
-    # one-shot dev 83.85; benchmarks/recover_encoder.py: 85.4 after 25 steps, 86.5 after 1000
-    assert log.before < 84.5 and log.after > log.before + 0.8
+    # the default selection: fidelity to the original on held-out texts of the three training
+    # sources; measured 0.831 one-shot -> 0.853 after 25 steps (make demo-recover: 0.876 at 1000)
+    assert log.metric.startswith("fidelity") and log.before < 0.845 and log.after > log.before + 0.012
     assert log.metric.startswith("Spearman") and log.tokens > 10_000
     assert evaluate(model, "sts", split="dev", progress=False).value == pytest.approx(log.after)
 

@@ -5,7 +5,6 @@ import copy
 
 import pytest
 
-from slimformer import evaluate
 from slimformer.prune.stage import PruneConfig, prune_model
 from slimformer.recover import RecoverConfig, recover
 from slimformer.trim import TrimConfig, trim_model
@@ -20,8 +19,7 @@ def test_minilm_trimmed_recovers_fidelity_in_a_few_steps(minilm):
     # the default selection: fidelity to the original on held-out texts of the three training
     # sources; measured 0.831 one-shot -> 0.853 after 25 steps (make demo-recover: 0.876 at 1000)
     assert log.metric.startswith("fidelity") and log.before < 0.845 and log.after > log.before + 0.012
-    assert log.metric.startswith("Spearman") and log.tokens > 10_000
-    assert evaluate(model, "sts", split="dev", progress=False).value == pytest.approx(log.after)
+    assert log.tokens > 10_000
 
 
 def test_smollm2_2of4_recovers_heldout_perplexity_with_masks_kept(smollm2):

@@ -39,7 +39,7 @@ def test_default_encoder_mixture_gives_every_source_an_equal_share(tiny, tmp_pat
     raw = {s: bundled_path(*s.split(":")).read_text() for s in data.sources}
     assert all(t in raw[s] for t, s in zip(first, data.sources))
     # running text gives its paragraphs too (inputs longer than one sentence)
-    wiki = [t for t in data.examples[2::3][:2000]]
+    wiki = data.examples[2::3][:2000]
     assert any(len(split_sentences(t)) > 1 for t in wiki)
 
 

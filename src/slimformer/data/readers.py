@@ -112,6 +112,6 @@ def split_sentences(text: str, min_words: int = 4) -> list[str]:
 
 def text_sentences(path: Path) -> list[str]:
     """Sentences of any data file: a table's sentence columns, running text split into sentences."""
-    if path.suffix.lower() in (".tsv", ".jsonl", ".json", ".csv"):
+    if path.suffix.lower() in (".tsv", ".jsonl", ".json"):  # the tables read_sentences reads
         return read_sentences(path)
     return split_sentences(read_text(path))

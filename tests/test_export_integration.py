@@ -21,16 +21,17 @@ def test_minilm_onnx_matches_pytorch_on_stsb(minilm, tmp_path):
     sentences = read_sentences(resolve_data("stsb", "test"))[:512]
     cos = torch.nn.functional.cosine_similarity(encode(onnx_model, sentences), encode(minilm, sentences))
     assert float(cos.min()) >= 0.9999
-    a = evaluate(minilm, "sts", split="test", progress=False).value
+    # scored through evaluate's runtime dispatch: the fp32 figure, 82.03 (82.0325 here; the PyTorch
+    # score is tested against sentence-transformers' published figure in test_integration.py)
     b = evaluate(onnx_model, "sts", split="test", progress=False).value
-    assert abs(a - b) <= 0.01
+    assert abs(b - 82.0325) <= 0.01
 
 
 def test_smollm2_f32_gguf_matches_pytorch_in_llama_cpp(smollm2, tmp_path):
     pytest.importorskip("llama_cpp")
     export(smollm2, "gguf", tmp_path / "f32.gguf", dtype="f32")
     g = open_model(tmp_path / "f32.gguf")
-    kw = dict(task="ppl", split="test", seq_len=1024, max_windows=2, progress=False)
+    kw = dict(task="ppl", split="test", seq_len=512, max_windows=2, progress=False)
     a, b = evaluate(smollm2, **kw).value, evaluate(g, **kw).value
     assert abs(b / a - 1) < 0.001
     ids = smollm2.tokenizer("The history of the Roman Empire begins with", return_tensors="pt").input_ids

@@ -134,14 +134,16 @@ def test_minilm_w8a8_keeps_sts_quality(minilm, tmp_path):
 
 
 def test_smollm2_w8a8_and_int4_perplexity(smollm2):
-    """Per-token W8A8 within 3 % and GPTQ-free int4 g64 RTN within 60 % of fp32 on 2 test windows."""
+    """Per-token W8A8 within 3 % and GPTQ-free int4 g64 RTN within 60 % of fp32 on 2 test windows
+    of 512 tokens."""
     import copy
 
     from slimformer.quant import QuantizeConfig, quantize_model
-    kw = dict(data="wikitext2", split="test", max_windows=2, progress=False)
+    kw = dict(data="wikitext2", split="test", max_windows=2, seq_len=512, progress=False)
     fp32 = evaluate(smollm2, "ppl", **kw).value
     for cfg, bound in [(QuantizeConfig(bits=8, activations="dynamic"), 1.03),
                        (QuantizeConfig(bits=4, group_size=64, symmetric=False), 1.6)]:
         model = copy.deepcopy(smollm2)
         quantize_model(model, cfg, progress=False)
-        assert fp32 < evaluate(model, "ppl", **kw).value < bound * fp32
+        q = evaluate(model, "ppl", **kw).value
+        assert q != fp32 and 0.97 * fp32 < q < bound * fp32, cfg

@@ -14,11 +14,14 @@ pytestmark = pytest.mark.integration
 
 def test_minilm_trimmed_recovers_fidelity_in_a_few_steps(minilm):
     model = copy.deepcopy(minilm)
-    trim_model(model, TrimConfig(heads=0.5, ffn=0.5, score="fluctuation"), None, original=minilm, progress=False)
-    log = recover(model, minilm, RecoverConfig(steps=25, lr=2e-4, eval_every=25), progress=False)
+    # 256 calibration sentences (default 1024) and 200 held-out texts (default 600) keep it under
+    # a minute on one thread; the gain per step is what is tested
+    trim_model(model, TrimConfig(heads=0.5, ffn=0.5, score="fluctuation"), {"samples": 256}, original=minilm,
+               progress=False)
+    log = recover(model, minilm, RecoverConfig(steps=15, lr=2e-4, eval_every=15, holdout=200), progress=False)
     # the default selection: fidelity to the original on held-out texts of the three training
-    # sources; measured 0.831 one-shot -> 0.853 after 25 steps (make demo-recover: 0.876 at 1000)
-    assert log.metric.startswith("fidelity") and log.before < 0.845 and log.after > log.before + 0.012
+    # sources; measured 0.786 one-shot -> 0.813 after 15 steps (make demo-recover: 0.876 at 1000)
+    assert log.metric.startswith("fidelity") and log.before < 0.83 and log.after > log.before + 0.015
     assert log.tokens > 10_000
 
 

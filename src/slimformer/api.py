@@ -75,3 +75,11 @@ def compress(model: str | Model, recipe: str | os.PathLike | dict | Recipe | Non
         recipe = load_recipe(recipe)
     return _compress.compress(load(model), recipe, out=out, overwrite=overwrite, progress=progress,
                               resume=resume)
+
+
+def tune(model: str | Model, config=None, out: str | os.PathLike = "runs/tune", progress: bool = True):
+    """The fastest model within a quality budget (slimformer.tune.TuneConfig), measured in the
+    runtime it will be served from; resumes the tune in `out` if one was interrupted there."""
+    from .tune import TuneConfig
+    from .tune import tune as _tune
+    return _tune(load(model), config or TuneConfig(), out, progress=progress)

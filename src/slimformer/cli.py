@@ -1,4 +1,4 @@
-"""slimformer command line: info, eval, bench, export, compress. User mistakes: one line, exit 2."""
+"""slimformer command line: info, eval, bench, export, compress, tune. User mistakes: one line, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--resume", action="store_true", help="continue an interrupted recover stage from its "
                    "checkpoint in OUT.recover (same recipe and model)")
+
+    s = sub.add_parser("tune", help="search trim / quantize / recover for the fastest model within a quality budget")
+    s.add_argument("model", help=model_help)
+    s.add_argument("--max-drop", type=float, help="encoders: STS points (x100) the model may lose on dev data")
+    s.add_argument("--max-ppl-ratio", type=float, help="causal LMs: validation perplexity at most R x the original's")
+    s.add_argument("--min-fidelity", type=float, help="mean cosine to the original's embeddings (encoders) / "
+                   "top-1 agreement (causal LMs) at least this")
+    s.add_argument("--objective", default="throughput", choices=["throughput", "latency", "decode", "size"])
+    s.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime", "llama.cpp"],
+                   help="where the model will be served (auto: onnxruntime for encoders, llama.cpp for LMs)")
+    s.add_argument("--threads", type=_positive, default=1)
+    s.add_argument("--budget", default="60m", help="wall time of the whole tune: 60m, 1.5h, 900s")
+    s.add_argument("--trials", type=_positive, help="cap on one-shot trials (default: as the budget allows)")
+    s.add_argument("--finalists", type=int, default=3, help="front points that get recovery (0: none)")
+    s.add_argument("--data", help="your validation file (STS pairs TSV for encoders, text for LMs)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="output folder; an interrupted tune's folder resumes")
     return p
 
 
@@ -188,8 +205,28 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from . import api
+    from .tune import TuneConfig, parse_budget
+    cfg = TuneConfig(max_drop=args.max_drop, max_ppl_ratio=args.max_ppl_ratio, min_fidelity=args.min_fidelity,
+                     objective=args.objective, runtime=args.runtime, threads=args.threads,
+                     budget_s=parse_budget(args.budget), trials=args.trials, finalists=args.finalists,
+                     data=args.data, seed=args.seed)
+    cfg.validate(None)  # a missing budget fails before the model is loaded
+    r = api.tune(args.model, cfg, args.out)
+    for note in r.notes:
+        print(f"note: {note}")
+    chosen = next(p for p in r.points if p["id"] == r.chosen)
+    t = r.test
+    print(f"chosen {r.chosen}: {chosen['speed']:.2f}x {r.objective} in {r.runtime}; test {t['metric']} "
+          f"{t['original']:.2f} -> {t['compressed']:.2f} ({'meets' if t['meets_budget'] else 'MISSES'} the budget)")
+    print(f"written: {args.out}/report.md, {args.out}/pareto.png, {args.out}/front/, {args.out}/chosen/ "
+          f"({r.wall_s / 60:.1f} min, {r.trials['one-shot']} one-shot trials, {r.trials['recovered']} recovered)")
+    return 0
+
+
 COMMANDS = {"info": cmd_info, "eval": cmd_eval, "bench": cmd_bench, "export": cmd_export,
-            "compress": cmd_compress}
+            "compress": cmd_compress, "tune": cmd_tune}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -76,6 +76,15 @@ def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,
     if work_dir is not None and work_dir.exists() and overwrite and not resume and is_main_process():
         shutil.rmtree(work_dir)  # --overwrite starts afresh; --resume would continue from them
     compressed, logs = run_stages(model, recipe, progress, work_dir, resume)
+    return finish(model, compressed, logs, recipe, out=out, overwrite=overwrite, progress=progress, t0=t0)
+
+
+def finish(model: Model, compressed: Model, logs: list[StageLog], recipe: Recipe,
+           out: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
+           t0: float | None = None) -> CompressResult:
+    """Evaluate (the recipe's split), bench and write what `run_stages` made: compress's second
+    half, also the last step of a tune (its chosen model, scored on the test split only here)."""
+    t0 = time.perf_counter() if t0 is None else t0
     notes = []
     if not logs:
         notes.append("The recipe has no compression stages: the model was evaluated and benchmarked "
@@ -183,4 +192,4 @@ def write_output(model: Model, result: CompressResult, out: Path, overwrite: boo
         write_report(result, tmp)
 
 
-__all__ = ["CompressResult", "compress", "run_stages", "EvalResult"]
+__all__ = ["CompressResult", "compress", "finish", "run_stages", "EvalResult"]

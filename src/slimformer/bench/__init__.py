@@ -23,7 +23,8 @@ class BenchConfig:
     seq_lens: tuple[int, ...] | None = None  # default: (32, 128) encoders, (128, 512) causal LMs
     warmup: int = 2
     repeats: int = 10
-    data: str | None = None  # throughput data: stsb (encoders) / wikitext2 (causal), test split
+    data: str | None = None  # throughput data: stsb (encoders) / wikitext2 (causal)
+    split: str = "test"  # its split (tune benches on validation text: a search never reads test)
     throughput_batch: int = 32
     throughput_items: int | None = None  # default: every STS-B test sentence / 8 windows
     throughput_seq_len: int = 512
@@ -31,6 +32,7 @@ class BenchConfig:
     decode_prompt: int = 32
     decode_new_tokens: int = 128
     decode_repeats: int = 2
+    skip_decode: bool = False  # causal LMs: leave out the decode figure (a tune not timing it)
 
     def validate(self) -> None:
         for name in ("warmup", "repeats", "throughput_batch", "throughput_passes",
@@ -64,13 +66,13 @@ def _bench(model: Model, cfg: BenchConfig) -> BenchResult:
         latency = latency_grid(model, batch_sizes, seq_lens, cfg.warmup, cfg.repeats)
         if causal:
             throughput = causal_throughput(model, data, cfg.throughput_seq_len, cfg.throughput_items,
-                                           cfg.throughput_passes)
+                                           cfg.throughput_passes, cfg.split)
             # A scoring-only runtime (the ONNX decoder graph has no KV cache) has no decode figure.
-            dec = decode(model, data, cfg.decode_prompt, cfg.decode_new_tokens, cfg.decode_repeats) \
-                if getattr(model.module, "can_decode", True) else None
+            dec = decode(model, data, cfg.decode_prompt, cfg.decode_new_tokens, cfg.decode_repeats, cfg.split) \
+                if getattr(model.module, "can_decode", True) and not cfg.skip_decode else None
         else:
             throughput = encoder_throughput(model, data, cfg.throughput_batch, cfg.throughput_items,
-                                            cfg.throughput_passes)
+                                            cfg.throughput_passes, cfg.split)
             dec = None
     return BenchResult(
         model=model.name, kind=model.kind, params=param_count(model), size_bytes=saved_size(model),

@@ -39,8 +39,9 @@ def latency_grid(model: Model, batch_sizes, seq_lens, warmup: int, repeats: int)
 
 
 @torch.inference_mode()
-def encoder_throughput(model: Model, data: str, batch: int, items: int | None, passes: int) -> dict:
-    sentences = read_sentences(resolve_data(data, "test"))[:items]
+def encoder_throughput(model: Model, data: str, batch: int, items: int | None, passes: int,
+                       split: str = "test") -> dict:
+    sentences = read_sentences(resolve_data(data, split))[:items]
     ordered = sorted(sentences, key=len)  # length-bucketed batches, as sentence encoders serve
     batches = [tokenize_sentences(model, ordered[i:i + batch]) for i in range(0, len(ordered), batch)]
 
@@ -56,8 +57,9 @@ def encoder_throughput(model: Model, data: str, batch: int, items: int | None, p
 
 
 @torch.inference_mode()
-def causal_throughput(model: Model, data: str, seq_len: int, items: int | None, passes: int) -> dict:
-    windows = token_windows(model, read_text(resolve_data(data, "test")), seq_len, items or 8)
+def causal_throughput(model: Model, data: str, seq_len: int, items: int | None, passes: int,
+                      split: str = "test") -> dict:
+    windows = token_windows(model, read_text(resolve_data(data, split)), seq_len, items or 8)
 
     def run():
         for w in windows:
@@ -72,8 +74,8 @@ def causal_throughput(model: Model, data: str, seq_len: int, items: int | None, 
 
 
 @torch.inference_mode()
-def decode(model: Model, data: str, prompt_len: int, new_tokens: int, repeats: int) -> dict:
-    prompt = token_windows(model, read_text(resolve_data(data, "test")), prompt_len, 1)
+def decode(model: Model, data: str, prompt_len: int, new_tokens: int, repeats: int, split: str = "test") -> dict:
+    prompt = token_windows(model, read_text(resolve_data(data, split)), prompt_len, 1)
     pad = model.tokenizer.pad_token_id
     kw = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
               min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad,

@@ -19,17 +19,18 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED = 1, 2, 3, 4, 5
 
 def copy_from_gguf(writer, source: Path) -> None:
     """Every tokenizer.* key of `source`, value and type unchanged."""
-    from gguf import GGUFReader, GGUFValueType
-    reader = GGUFReader(str(source))
-    for key, field in reader.fields.items():
+    from gguf import GGUFValueType
+
+    from ..model.gguf_header import read_header
+    header = read_header(source, arrays=("tokenizer.",))
+    for key, value in header.values.items():
         if not key.startswith("tokenizer."):
             continue
-        vtype = field.types[0]
-        value = field.contents()
-        if vtype == GGUFValueType.ARRAY:
-            writer.add_key_value(key, value, vtype, sub_type=field.types[-1])
+        vtype, etype = header.types[key]
+        if etype is not None:
+            writer.add_key_value(key, value, GGUFValueType(vtype), sub_type=GGUFValueType(etype))
         else:
-            writer.add_key_value(key, value, vtype)
+            writer.add_key_value(key, value, GGUFValueType(vtype))
 
 
 def build_from_hf(writer, tokenizer, vocab_size: int) -> None:

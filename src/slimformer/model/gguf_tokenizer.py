@@ -47,15 +47,12 @@ class GGUFVocab:
 
 
 def read_vocab(path: Path) -> GGUFVocab:
-    from gguf import GGUFReader
-    try:
-        fields = GGUFReader(str(path)).fields
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
-        raise ModelNotFoundError(f"{path} is not a readable GGUF file ({str(e).splitlines()[0][:120]})") from None
+    from .gguf_header import read_header
+    keys = ("tokens", "merges", "scores", "token_type")
+    values = read_header(path, arrays=tuple(f"tokenizer.ggml.{k}" for k in keys)).values
 
     def get(key, default=None):
-        f = fields.get(f"tokenizer.ggml.{key}")
-        return f.contents() if f is not None else default
+        return values.get(f"tokenizer.ggml.{key}", default)
 
     tokens = get("tokens")
     if not tokens:

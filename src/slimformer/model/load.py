@@ -259,18 +259,15 @@ def gguf_cache_folder(gguf_path: Path) -> Path:
 def _check_gguf_arch(path: Path) -> dict:
     """Refuse architectures no family reads; returns the header's scalar and bool-array keys,
     without the architecture prefix."""
-    from gguf import GGUFReader, GGUFValueType
-    try:
-        fields = GGUFReader(str(path)).fields
-        field = fields.get("general.architecture")
-        arch = bytes(field.parts[field.data[0]]).decode() if field else None
-        header = {k[len(f"{arch}."):]: f.contents() for k, f in fields.items() if k.startswith(f"{arch}.")
-                  and (f.types[0] != GGUFValueType.ARRAY or f.types[-1] == GGUFValueType.BOOL)}
-    except Exception as e:  # a truncated or foreign file
-        raise ModelNotFoundError(f"{path} is not a readable GGUF file ({_first_line(e)})") from None
+    from .gguf_header import read_header
+    header = read_header(path)  # a truncated or foreign file: ModelNotFoundError
+    arch = header.values.get("general.architecture")
+    prefix = f"{arch}."
+    facts = {k[len(prefix):]: v for k, v in header.values.items() if k.startswith(prefix)
+             and (not isinstance(v, list) or all(isinstance(x, bool) for x in v))}
     if arch not in gguf_model_types():
         check_supported(f"gguf:{arch}")
-    return header
+    return facts
 
 
 def _header_facts_into(cfg, header: dict) -> None:

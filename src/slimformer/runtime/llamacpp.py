@@ -26,23 +26,21 @@ def _llama_cpp():
 
 
 def gguf_metadata(path: Path) -> dict:
-    """Scalar keys of a GGUF header (arrays other than the vocabulary skipped), and tensor stats."""
-    from gguf import GGUFReader, GGUFValueType
-    reader = GGUFReader(str(path))
-    meta = {}
-    for key, field in reader.fields.items():
-        if field.types and field.types[0] != GGUFValueType.ARRAY:
-            meta[key] = field.contents()
-        elif key.endswith(("head_count", "head_count_kv", "feed_forward_length")):
-            meta[key] = field.contents()
-        elif key == "tokenizer.ggml.tokens":  # files without {arch}.vocab_size (llama.cpp's converter writes none)
-            meta["_n_vocab"] = len(field.data)
+    """Scalar keys of a GGUF header and its small arrays (per-layer head counts), the vocabulary's
+    length, and tensor stats: read without decoding the vocabulary (model/gguf_header.py)."""
+    from gguf import GGMLQuantizationType
+
+    from ..model.gguf_header import read_header
+    header = read_header(path)
+    meta = dict(header.values)
+    if "tokenizer.ggml.tokens" in header.lengths:  # files without {arch}.vocab_size (llama.cpp's converter writes none)
+        meta["_n_vocab"] = header.lengths["tokenizer.ggml.tokens"]
     meta["_tensor_types"] = dict()
     params = 0
-    for t in reader.tensors:
-        n = int(np.prod(t.shape))
-        params += n
-        meta["_tensor_types"][t.tensor_type.name] = meta["_tensor_types"].get(t.tensor_type.name, 0) + 1
+    for _name, shape, ttype in header.tensors:
+        params += int(np.prod(shape))
+        kind = GGMLQuantizationType(ttype).name
+        meta["_tensor_types"][kind] = meta["_tensor_types"].get(kind, 0) + 1
     meta["_params"] = params
     return meta
 

@@ -28,8 +28,9 @@ def small_measures(monkeypatch):
 
 
 def _fidelity_by_hand(model, original, n: int) -> float:
-    """Mean cosine of the embeddings of both sides of the first n STS-B dev pairs to the original's."""
-    pairs = read_pairs(resolve_data("stsb", "dev"))[:n]
+    """Mean cosine of the embeddings of both sides of n STS-B dev pairs to the original's."""
+    pairs = read_pairs(resolve_data("stsb", "dev"))
+    pairs = pairs[::-(-len(pairs) // n)]  # evenly spaced, as the judge samples them
     texts = [p.a for p in pairs] + [p.b for p in pairs]
     a, b = encode(model, texts), encode(original, texts)
     return float((torch.nn.functional.normalize(a, dim=-1) * torch.nn.functional.normalize(b, dim=-1)).sum(-1).mean())
@@ -103,3 +104,19 @@ def test_bad_budgets_are_one_line_errors(tmp_path, capsys):
     assert main(["tune", "minilm", "--max-drop", "1", "--budget", "soon", "--out", str(tmp_path / "x")]) == 2
     assert "not understood" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_causal_tune_judges_validation_perplexity(tiny, tmp_path, monkeypatch):
+    """A GQA decoder: KV groups in the space, perplexity on validation windows against the budget."""
+    monkeypatch.setattr(measure, "WINDOWS", 2)
+    monkeypatch.setattr(measure, "WINDOW_LEN", 64)
+    model = tiny["llama"]
+    cfg = TuneConfig(max_ppl_ratio=1.5, objective="throughput", runtime="torch", budget_s=600, trials=2, finalists=0)
+    r = tune(model, cfg, tmp_path / "t", progress=False)
+    assert r.trials["one-shot"] == 2 and r.test["metric"] == "perplexity"
+    from slimformer import evaluate
+    for p in r.points:
+        assert "heads" not in p["params"] and set(p["params"]) == {"kv_heads", "ffn", "layers", "quant"}
+        assert p["quality"]["ok"] == (p["quality"]["score"] <= 1.5 * r.baseline["quality"])
+    base = evaluate(model, "ppl", split="validation", seq_len=64, max_windows=2, progress=False).value
+    assert r.baseline["quality"] == pytest.approx(base)

@@ -65,11 +65,16 @@ def recipe_for(params: dict, model: Model, runtime: str, threads: int, recover: 
     if quant in QUANT_STAGES:
         stages.append({"quantize": dict(QUANT_STAGES[quant])})
     causal = model.is_causal
+    seq = min(512, model.arch.max_positions)
+    if recover is not None and causal:
+        recover = {**recover, "seq_len": min(recover["seq_len"], seq)}
     recipe = {
-        "calibration": {"samples": 16, "seq_len": 512} if causal else {"samples": 512},
+        "calibration": {"samples": 16, "seq_len": seq} if causal else {"samples": 512},
         "stages": stages,
-        "evaluate": {"split": "test", "fidelity": not causal, **({"max_windows": 64} if causal else {})},
-        "bench": ({"threads": threads, "repeats": 3, "batch_sizes": [1], "seq_lens": [128], "decode_new_tokens": 64}
+        "evaluate": {"split": "test", "fidelity": not causal,
+                     **({"max_windows": 64, "seq_len": min(1024, model.arch.max_positions)} if causal else {})},
+        "bench": ({"threads": threads, "repeats": 3, "batch_sizes": [1], "seq_lens": [min(128, seq)],
+                   "decode_new_tokens": 64, "throughput_seq_len": seq}
                   if causal else {"threads": threads, "repeats": 5, "batch_sizes": [1, 32], "seq_lens": [128]}),
     }
     if runtime == "onnxruntime":

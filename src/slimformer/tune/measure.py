@@ -25,7 +25,7 @@ from .config import TuneConfig
 
 PAIRS = 750  # validation pairs scored per candidate (1500 sentences), evenly spaced over the file
 WINDOWS, WINDOW_LEN = 8, 512  # causal: validation windows per candidate
-BENCH_ITEMS = 512  # validation sentences / windows timed for throughput (each pass)
+BENCH_ITEMS = 512  # validation sentences timed for throughput (each pass; decoders: windows, capped at 8)
 
 
 @dataclass
@@ -101,16 +101,23 @@ class Judge:
     def _base_runtime(self) -> str:
         """The original as the user runs it: a .gguf source in llama.cpp when that is the target,
         anything else in fp32 PyTorch (the ratio the README quotes)."""
-        src = str(self.original.source)
-        return "llama.cpp" if self.runtime == "llama.cpp" and src.endswith(".gguf") else "torch"
+        return "llama.cpp" if self.runtime == "llama.cpp" and self._source_gguf() else "torch"
+
+    def _source_gguf(self):
+        from ..export.gguf import source_gguf_of
+        return source_gguf_of(self.original)  # an alias or a dequantized folder names its .gguf too
 
     def bench_config(self) -> BenchConfig:
         obj = self.cfg.objective
+        items = self._items() if obj == "throughput" else 1  # throughput not the objective: one item
         return BenchConfig(threads=self.cfg.threads, split="validation", warmup=1, repeats=5,
-                           batch_sizes=(1,), seq_lens=(128,), throughput_items=BENCH_ITEMS if obj == "throughput" else 64,
+                           batch_sizes=(1,), seq_lens=(128,), throughput_items=items,
                            throughput_passes=2 if obj == "throughput" else 1, decode_new_tokens=64,
                            decode_repeats=2 if obj == "decode" else 1, skip_decode=obj != "decode",
                            throughput_seq_len=min(512, self.original.arch.max_positions))
+
+    def _items(self) -> int:
+        return BENCH_ITEMS if not self.causal else min(BENCH_ITEMS, 8)
 
     def speed_value(self, model: Model, runtime: str | None = None) -> float:
         """The objective's figure, higher better: items/s, 1 / batch-1 ms, tokens/s, 1 / bytes."""
@@ -134,8 +141,8 @@ class Judge:
         from ..runtime import open_model
         if runtime == "torch":
             return model
-        if runtime == "llama.cpp" and model is self.original and str(model.source).endswith(".gguf"):
-            return open_model(self.original.source)
+        if runtime == "llama.cpp" and model is self.original and self._source_gguf():
+            return open_model(self._source_gguf())
         if runtime == "onnxruntime":
             export(model, "onnx", tmp / "onnx")
             return open_model(tmp / "onnx")

@@ -57,9 +57,16 @@ def test_front_is_within_budget_non_dominated_and_a_resumed_tune_continues(tiny,
     assert (tmp_path / "t" / "chosen" / "model" / "config.json").is_file()
 
     first = [(p["id"], p["params"]) for p in r.points if p["phase"] == "one-shot"]
+    import optuna  # a trial an interrupted run left RUNNING is measured again by the resumed one
+    study = optuna.load_study(study_name="one-shot", storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
+    left = {"heads": 2, "ffn": 0.5, "layers": 0, "quant": "none"}
+    study.enqueue_trial(left)
+    from slimformer.tune.space import choices, propose
+    assert propose(study.ask(), choices(model, "torch")) == left  # asked, never told: RUNNING
     r2 = tune(model, TuneConfig(**{**cfg.__dict__, "trials": 6}), tmp_path / "t", progress=False)
     again = [(p["id"], p["params"]) for p in r2.points if p["phase"] == "one-shot"]
     assert r2.trials["one-shot"] == 6 and again[:4] == first  # the same history, continued
+    assert left in [p for _, p in again[4:]]
     saved = json.loads((tmp_path / "t" / "results.json").read_text())
     assert len([p for p in saved["points"] if p["phase"] == "one-shot"]) == 6
 

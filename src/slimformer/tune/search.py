@@ -130,6 +130,10 @@ def _search(model, judge, cfg, space, study, clock, stop_at, out, progress) -> l
     points = [Point.from_dict(t.user_attrs["point"]) for t in study.trials
               if t.state == optuna.trial.TrialState.COMPLETE and "point" in t.user_attrs]
     seen = {json.dumps(p.params, sort_keys=True): p for p in points}
+    for t in study.trials:  # a point an interrupted run was measuring: failed (counted so), measured again now
+        if t.state == optuna.trial.TrialState.RUNNING:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(t.params)
     if not study.trials:  # the quantization-only points first: the front's cheap end, always measured
         for quant in space["quant"]:
             if quant != "none":

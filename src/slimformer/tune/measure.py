@@ -104,8 +104,10 @@ class Judge:
         return "llama.cpp" if self.runtime == "llama.cpp" and self._source_gguf() else "torch"
 
     def _source_gguf(self):
-        from ..export.gguf import source_gguf_of
-        return source_gguf_of(self.original)  # an alias or a dequantized folder names its .gguf too
+        if not hasattr(self, "_gguf"):
+            from ..export.gguf import source_gguf_of
+            self._gguf = source_gguf_of(self.original)  # an alias or a dequantized folder names its .gguf too
+        return self._gguf
 
     def bench_config(self) -> BenchConfig:
         obj = self.cfg.objective

@@ -15,10 +15,14 @@ from .space import describe
 PLOT = "pareto.png"
 
 
+def _causal(res) -> bool:
+    return res.test.get("metric") == "perplexity"  # the task the chosen model was scored on
+
+
 def _quality(res, p: dict) -> str:
     q = p["quality"]
     base = res.baseline["quality"]
-    if res.config.get("max_ppl_ratio") is not None or "ppl" in str(res.test.get("metric", "")):
+    if _causal(res):
         return f"{q['score']:.2f} ({q['score'] / base:.3f}x)"
     return f"{q['score']:.2f} ({q['score'] - base:+.2f})"
 
@@ -42,7 +46,7 @@ def plot_front(res, path: Path) -> None:
         ax.scatter([chosen.speed], [chosen.quality["score"]], marker="o", s=140, facecolors="none",
                    edgecolors="red", lw=1.5, label=f"chosen ({chosen.id})")
     ax.set_xlabel(f"{res.objective} vs the original ({res.baseline['runtime']}), x")
-    ax.set_ylabel("validation perplexity" if "ppl" in str(res.test.get("metric", "")) else "validation STS x100")
+    ax.set_ylabel("validation perplexity" if _causal(res) else "validation STS x100")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

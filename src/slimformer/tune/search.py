@@ -120,12 +120,12 @@ def _line(judge: Judge, p: Point) -> str:
     return f"{p.id} {describe(p.params)} [{p.phase}]: {qual}, {p.speed:.2f}x{'' if p.ok else ' (outside budget)'}"
 
 
-def _measure(model: Model, judge: Judge, recipe: dict, progress: bool):
+def _measure(model: Model, judge: Judge, recipe: dict):
     compressed, logs = run_stages(model, parse_recipe(recipe, where="tune"), progress=False)
     return compressed, logs, judge.quality(compressed), judge.speed_ratio(compressed)
 
 
-def _search(model, judge, cfg, space, study, clock, stop_at, out, progress) -> list[Point]:
+def _search(model, judge, cfg, space, study, clock, stop_at, progress) -> list[Point]:
     optuna = _optuna()
     points = [Point.from_dict(t.user_attrs["point"]) for t in study.trials
               if t.state == optuna.trial.TrialState.COMPLETE and "point" in t.user_attrs]
@@ -160,7 +160,7 @@ def _search(model, judge, cfg, space, study, clock, stop_at, out, progress) -> l
         t0 = time.perf_counter()
         recipe = recipe_for(params, model, judge.runtime, cfg.threads)
         try:
-            _, _, q, speed = _measure(model, judge, recipe, progress)
+            _, _, q, speed = _measure(model, judge, recipe)
         except SlimformerError as e:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             _say(clock, f"t{trial.number} {describe(params)}: not measurable ({e})", progress)
@@ -204,7 +204,7 @@ def _recover(model, judge, cfg, finalists, state, clock, stop_at, out, progress,
         t0 = time.perf_counter()
         _say(clock, f"recovering {f.id} ({describe(f.params)}) for up to {rec['max_minutes']:.1f} min", progress)
         try:
-            compressed, logs, q, speed = _measure(model, judge, recipe, progress)
+            compressed, logs, q, speed = _measure(model, judge, recipe)
         except SlimformerError as e:
             _say(clock, f"{rid}: recovery failed ({e})", progress)
             continue
@@ -271,7 +271,7 @@ def tune(model: Model, cfg: TuneConfig, out: str | Path, progress: bool = True) 
                                 directions=["maximize", "maximize"], sampler=sampler)
     reserve = max(60.0, 0.1 * cfg.budget_s)  # the chosen model's test evaluation, bench and export
     one_shot_end = (cfg.budget_s - reserve) * (1 - cfg.recover_share) if cfg.finalists else cfg.budget_s - reserve
-    points = _search(model, judge, cfg, space, study, clock, one_shot_end, out, progress)
+    points = _search(model, judge, cfg, space, study, clock, one_shot_end, progress)
     state["spent_s"] = clock.spent
     _save_state(out, state)
     finalists = _finalists(points, cfg.finalists)

@@ -1,6 +1,8 @@
-"""The real models exported and run in their runtimes: MiniLM as ONNX in ONNX Runtime, SmolLM2 as
-GGUF in llama.cpp, checked against PyTorch on the bundled data (the issue's fidelity targets)."""
+"""The real models exported and run in their runtimes: MiniLM as ONNX in ONNX Runtime and as IR in
+OpenVINO, SmolLM2 as GGUF in llama.cpp, checked against PyTorch on the bundled data (the issue's fidelity targets)."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -25,6 +27,27 @@ def test_minilm_onnx_matches_pytorch_on_stsb(minilm, tmp_path):
     # score is tested against sentence-transformers' published figure in test_integration.py)
     b = evaluate(onnx_model, "sts", split="test", progress=False).value
     assert abs(b - 82.0325) <= 0.01
+
+
+def test_minilm_openvino_fp32_and_static_w8a8_match_pytorch(minilm, tmp_path):
+    """fp32: the same embeddings; static W8A8: slimformer's codes (tests/test_export_openvino.py
+    checks them constant by constant) run on OpenVINO's int8 kernels, equal up to the rounding of
+    the activations by those kernels, and the same STS-B score within 0.15."""
+    from slimformer.quant import QuantizeConfig, quantize_model
+    sentences = read_sentences(resolve_data("stsb", "test"))[:256]
+    export(minilm, "openvino", tmp_path / "fp32")
+    cos = torch.nn.functional.cosine_similarity(encode(open_model(tmp_path / "fp32"), sentences),
+                                                encode(minilm, sentences))
+    assert float(cos.min()) >= 0.9999
+    w8 = copy.deepcopy(minilm)
+    quantize_model(w8, QuantizeConfig(bits=8, activations="static", smoothquant=0.5),
+                   {"samples": 128}, progress=False)
+    export(w8, "openvino", tmp_path / "w8")
+    ov_model = open_model(tmp_path / "w8")
+    cos = torch.nn.functional.cosine_similarity(encode(ov_model, sentences), encode(w8, sentences))
+    assert float(cos.mean()) >= 0.999 and float(cos.min()) >= 0.98
+    a, b = (evaluate(m, "sts", split="test", progress=False).value for m in (w8, ov_model))
+    assert abs(a - b) <= 0.15
 
 
 def test_smollm2_f32_gguf_matches_pytorch_in_llama_cpp(smollm2, tmp_path):

@@ -94,9 +94,11 @@ def test_search_reads_no_test_split(tiny, tmp_path, monkeypatch):
 
 
 def test_budget_nothing_meets_gives_the_closest_point_and_says_so(tiny, tmp_path):
-    cfg = TuneConfig(min_fidelity=1.0, runtime="torch", budget_s=600, trials=3, finalists=0)
+    # served from OpenVINO: each point exported to IR and timed there, the chosen one written as IR
+    cfg = TuneConfig(min_fidelity=1.0, runtime="openvino", budget_s=600, trials=3, finalists=0)
     r = tune(tiny["bert"], cfg, tmp_path / "t", progress=False)
     assert not r.within_budget and r.front == [] and r.chosen is not None
+    assert r.runtime == "openvino" and (tmp_path / "t" / "chosen" / "openvino" / "model.xml").is_file()
     assert any(n.startswith("NO POINT MEETS THE BUDGET") for n in r.notes)
     closest = min(r.points, key=lambda p: p["quality"]["shortfall"])
     assert r.chosen == closest["id"]

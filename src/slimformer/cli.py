@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     model_help = "an alias (minilm, smollm2), an HF model folder, a .gguf file, or a hub id (online)"
     runtime_help = ("auto (default): a .onnx file or ONNX export folder runs in onnxruntime, a .gguf path in "
-                    "llama.cpp, anything else in PyTorch; torch: dequantize a .gguf into PyTorch")
+                    "llama.cpp, an OpenVINO export folder or model.xml in openvino, anything else in PyTorch; torch: dequantize a .gguf into PyTorch")
 
     s = sub.add_parser("info", help="family, shapes and parameter split of a model")
     s.add_argument("model", help=model_help)
@@ -65,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runtime", choices=RUNTIMES, default="auto", help=runtime_help)
     s.add_argument("--json", metavar="PATH", help="also write the result as JSON (no file without it)")
 
-    s = sub.add_parser("export", help="write a model as an HF folder, ONNX (encoders) or GGUF (Llama family)")
+    s = sub.add_parser("export", help="write a model as an HF folder, ONNX or OpenVINO IR (encoders) or GGUF (Llama family)")
     s.add_argument("model", help=model_help + ", or a `slimformer compress` output folder")
-    s.add_argument("--format", required=True, choices=["hf", "onnx", "gguf"])
-    s.add_argument("--out", required=True, help="folder (hf, onnx) or .gguf file; must not exist unless --overwrite")
+    s.add_argument("--format", required=True, choices=["hf", "onnx", "gguf", "openvino"])
+    s.add_argument("--out", required=True, help="folder (hf, onnx, openvino) or .gguf file; must not exist unless --overwrite")
     s.add_argument("--type", dest="dtype", choices=["f32", "f16", "q8_0", "q4_0", "q4_1"],
                    help="gguf: type of the weights slimformer did not quantize (default f16); quantized "
                         "layers keep their own codes in the GGUF type that holds them exactly")
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-fidelity", type=float, help="mean cosine to the original's embeddings (encoders) / "
                    "top-1 agreement (causal LMs) at least this")
     s.add_argument("--objective", default="throughput", choices=["throughput", "latency", "decode", "size"])
-    s.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime", "llama.cpp"],
+    s.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime", "llama.cpp", "openvino"],
                    help="where the model will be served (auto: onnxruntime for encoders, llama.cpp for LMs)")
     s.add_argument("--threads", type=_positive, default=1)
     s.add_argument("--budget", default="60m", help="wall time of the whole tune: 60m, 1.5h, 900s")

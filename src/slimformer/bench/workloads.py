@@ -21,7 +21,9 @@ def _forward(model: Model, ids: torch.Tensor, mask: torch.Tensor | None = None):
     if model.is_causal:
         return model.module(input_ids=ids, use_cache=False).logits
     mask = torch.ones_like(ids) if mask is None else mask
-    return model.module(input_ids=ids, attention_mask=mask).last_hidden_state
+    out = model.module(input_ids=ids, attention_mask=mask)
+    # a runtime graph may hold only the sentence embedding (a peer's conversion, benchmarks/)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out.sentence_embedding
 
 
 @torch.inference_mode()

@@ -4,6 +4,8 @@
   quantized models keep slimformer's compressed layout, which `slimformer.load` restores.
 - "onnx": a folder with model.onnx (encoders; onnx.py), its tokenizer and pooling config.
 - "gguf": one .gguf file for llama.cpp (Llama-family decoders; gguf.py).
+- "openvino": a folder with OpenVINO IR model.xml / model.bin (encoders; openvino.py), its
+  tokenizer and pooling config.
 A failure or an interrupt leaves nothing at `out`.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..errors import ConfigValueError
 from ..model import Model
 from ..results import ExportResult
 
-FORMATS = ("hf", "onnx", "gguf")
+FORMATS = ("hf", "onnx", "gguf", "openvino")
 
 
 def check(model: Model, fmt: str) -> None:
@@ -28,12 +30,15 @@ def check(model: Model, fmt: str) -> None:
     elif fmt == "gguf":
         from .gguf import check_exportable
         check_exportable(model)
+    elif fmt == "openvino":
+        from .openvino import check_exportable
+        check_exportable(model)
 
 
 def export(model: Model, fmt: str, out: str | os.PathLike, dtype: str | None = None,
            overwrite: bool = False) -> ExportResult:
     """Write `model` as `fmt` to `out`. `dtype`: GGUF type of the weights slimformer did not
-    quantize itself (f32, f16 [default], q8_0, q4_0, q4_1); ONNX: "fp32" only."""
+    quantize itself (f32, f16 [default], q8_0, q4_0, q4_1); ONNX / OpenVINO: "fp32" only."""
     if fmt not in FORMATS:
         raise ConfigValueError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
     if model.runtime != "torch":
@@ -51,16 +56,19 @@ def export(model: Model, fmt: str, out: str | os.PathLike, dtype: str | None = N
         size = out.stat().st_size
     else:
         check(model, fmt)
-        if fmt == "onnx":
-            from .onnx import write_onnx_folder
+        if fmt in ("onnx", "openvino"):
             if dtype not in (None, "fp32"):
-                raise ConfigValueError("ONNX exports fp32 graphs (quantized layers keep their own int8 nodes); "
-                                       "drop --type")
+                raise ConfigValueError(f"{fmt} exports fp32 graphs (quantized layers keep their own int8 "
+                                       "codes); drop --type")
         elif dtype is not None:
             raise ConfigValueError("--type applies to GGUF exports only")
         with atomic_dir(out, overwrite=overwrite) as tmp:
             if fmt == "onnx":
+                from .onnx import write_onnx_folder
                 details = write_onnx_folder(model, tmp)
+            elif fmt == "openvino":
+                from .openvino import write_openvino_folder
+                details = write_openvino_folder(model, tmp)
             else:
                 from ..model.save import write_folder
                 write_folder(model, tmp)

@@ -48,11 +48,12 @@ def _check_onnx_installed() -> None:
         raise MissingDependencyError("ONNX export needs onnx: pip install 'slimformer[export]'") from None
 
 
-def build_encoder(model: Model):
-    """The encoder as an onnx GraphProto, and counts of how each linear was written."""
+def build_encoder(model: Model, form: str = "ort"):
+    """The encoder as an onnx GraphProto, and counts of how each linear was written; `form`:
+    quantized linears as ONNX Runtime's integer ops ("ort") or as Q/DQ pairs ("qdq", for OpenVINO)."""
     from onnx import TensorProto, helper
     check_encoder(model)
-    g = Graph()
+    g = Graph(form)
     ids, mask = "input_ids", "attention_mask"
     maskf = g.op("Cast", [mask], to=TensorProto.FLOAT)
     states = encoder_states(g, model, ids, maskf)
@@ -73,10 +74,27 @@ def model_proto(graph):
     return proto
 
 
-def write_onnx_folder(model: Model, folder: Path) -> dict:
-    import onnx
+def write_folder_files(model: Model, folder: Path, fmt: str, counts: dict, **extra) -> None:
+    """What an export folder holds beside its graph: config.json, the tokenizer and
+    sentence-transformers files, and EXPORT_META (what the runtime adapters read back)."""
     from ..model.info import param_count
     from ..model.save import write_tokenizer_files
+    model.module.config.save_pretrained(folder)
+    write_tokenizer_files(model, folder)
+    meta = {"format": fmt, "opset": OPSET, "source": model.name, "kind": model.arch.kind,
+            "model_type": model.arch.model_type, "hidden_size": model.arch.hidden_size,
+            "max_positions": model.arch.max_positions, "params": param_count(model),
+            "pooling": {"mode": model.pooling.mode, "normalize": model.pooling.normalize,
+                        "max_length": model.pooling.max_length},  # what the runtime adapter reads back
+            "sentence_modules": model.pooling.describe(),
+            "inputs": ["input_ids", "attention_mask"],
+            "outputs": ["logits"] if model.is_causal else ["last_hidden_state", "sentence_embedding"],
+            "linears": counts, "stages": [e.get("stage") for e in model.log], **extra}
+    (folder / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def write_onnx_folder(model: Model, folder: Path) -> dict:
+    import onnx
     if model.is_causal:
         from .onnx_decoder import build_decoder
         graph, counts = build_decoder(model)
@@ -87,16 +105,5 @@ def write_onnx_folder(model: Model, folder: Path) -> dict:
     if not big:
         onnx.checker.check_model(proto, full_check=False)
     onnx.save_model(proto, str(folder / "model.onnx"), save_as_external_data=big, location="model.onnx.data")
-    model.module.config.save_pretrained(folder)
-    write_tokenizer_files(model, folder)
-    meta = {"format": "onnx", "opset": OPSET, "source": model.name, "kind": model.arch.kind,
-            "model_type": model.arch.model_type, "hidden_size": model.arch.hidden_size,
-            "max_positions": model.arch.max_positions, "params": param_count(model),
-            "pooling": {"mode": model.pooling.mode, "normalize": model.pooling.normalize,
-                        "max_length": model.pooling.max_length},  # what runtime/onnxrt.py reads back
-            "sentence_modules": model.pooling.describe(),
-            "inputs": ["input_ids", "attention_mask"],
-            "outputs": ["logits"] if model.is_causal else ["last_hidden_state", "sentence_embedding"],
-            "linears": counts, "stages": [e.get("stage") for e in model.log]}
-    (folder / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
+    write_folder_files(model, folder, "onnx", counts)
     return {"opset": OPSET, "linears": counts, "nodes": len(proto.graph.node)}

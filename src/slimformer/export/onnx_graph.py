@@ -29,9 +29,10 @@ OPSET = 21  # LayerNormalization (17), Gelu (20), per-axis QuantizeLinear; ONNX 
 class Graph:
     """Nodes and initializers with unique names; `op` returns the output name(s)."""
 
-    def __init__(self):
+    def __init__(self, form: str = "ort"):
         from onnx import helper
         self.helper = helper
+        self.form = form  # how quantized linears are written: "ort" (integer ops) or "qdq" (quant_linear_qdq.py)
         self.nodes, self.inits, self._n = [], [], 0
         self.counts: dict[str, int] = {}
 

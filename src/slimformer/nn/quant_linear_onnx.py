@@ -13,6 +13,10 @@ import torch
 
 def quant_linear_to_onnx(g, x: str, mod, name: str) -> str:
     bias = g.const(mod.bias, f"{name}.bias") if mod.bias is not None else None
+    if getattr(g, "form", "ort") == "qdq":
+        from .quant_linear_qdq import quant_linear_to_qdq
+        y = quant_linear_to_qdq(g, x, mod, name)
+        return g.op("Add", [y, bias]) if bias else y
     if mod.act == "none":  # weight-only: ONNX Runtime has no standard op for it on CPU
         g.counts["weight_only_dequantized"] = g.counts.get("weight_only_dequantized", 0) + 1
         w = mod.dequantized()

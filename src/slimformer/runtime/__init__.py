@@ -1,10 +1,11 @@
-"""Run an exported file in the runtime it was made for: .onnx in ONNX Runtime, .gguf in llama.cpp.
+"""Run an exported file in the runtime it was made for: .onnx in ONNX Runtime, .gguf in llama.cpp,
+OpenVINO IR (.xml) in OpenVINO.
 
 `open_model(source, runtime)` returns a Model whose `module` is a runtime adapter answering the
 calls evaluate/ and bench/ make (`module(input_ids=...)`, `generate`), so a PyTorch model and its
 export are scored and timed by the same code in the same run. `runtime="auto"` picks by what the
 user named: a path to a .onnx file (or an export folder holding model.onnx) runs in ONNX Runtime,
-a path to a .gguf file in llama.cpp; aliases, HF folders and hub ids run in PyTorch (so does a
+a path to a .gguf file in llama.cpp, a model.xml (or a folder holding one) in OpenVINO; aliases, HF folders and hub ids run in PyTorch (so does a
 .gguf with runtime="torch": transformers dequantizes it).
 """
 from __future__ import annotations
@@ -18,8 +19,9 @@ from ..model.arch import ArchMap
 from ..model.load import load
 from ..model.sources import ALIASES
 
-RUNTIMES = ("auto", "torch", "onnxruntime", "llama.cpp")
+RUNTIMES = ("auto", "torch", "onnxruntime", "llama.cpp", "openvino")
 ONNX_FILE = "model.onnx"
+OPENVINO_FILE = "model.xml"
 
 
 def runtime_of(source: str | os.PathLike, runtime: str = "auto") -> str:
@@ -35,6 +37,8 @@ def runtime_of(source: str | os.PathLike, runtime: str = "auto") -> str:
         return "onnxruntime"
     if path.suffix.lower() == ".gguf" and path.is_file():
         return "llama.cpp"
+    if path.suffix.lower() == ".xml" or (path.is_dir() and (path / OPENVINO_FILE).is_file()):
+        return "openvino"
     return "torch"
 
 
@@ -47,6 +51,9 @@ def open_model(source: str | os.PathLike | Model, runtime: str = "auto") -> Mode
     if kind == "onnxruntime":
         from .onnxrt import open_onnx
         return open_onnx(_onnx_path(Path(source).expanduser()), given=str(source))
+    if kind == "openvino":
+        from .openvino import open_openvino
+        return open_openvino(_openvino_path(Path(source).expanduser()), given=str(source))
     return _open_gguf(Path(source).expanduser(), given=str(source))
 
 
@@ -55,6 +62,14 @@ def _onnx_path(path: Path) -> Path:
     if path.suffix.lower() != ".onnx" or not path.is_file():
         raise ModelNotFoundError(f"{path}: no such ONNX file; pass a .onnx file or a folder from "
                                  "`slimformer export --format onnx`")
+    return path
+
+
+def _openvino_path(path: Path) -> Path:
+    path = path / OPENVINO_FILE if path.is_dir() else path
+    if path.suffix.lower() != ".xml" or not path.is_file() or not path.with_suffix(".bin").is_file():
+        raise ModelNotFoundError(f"{path}: no such OpenVINO IR (model.xml with its model.bin); pass a folder "
+                                 "from `slimformer export --format openvino`")
     return path
 
 

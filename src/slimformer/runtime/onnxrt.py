@@ -67,20 +67,30 @@ class OnnxModule:
 
 
 def open_onnx(path: Path, given: str) -> Model:
-    from transformers import AutoTokenizer
-    from ..export.onnx import EXPORT_META
-    from ..model.load import _sentence_transformers_config
     folder = path.parent
+    meta = read_export_meta(folder, path, "slimformer export --format onnx")
+    return folder_model(folder, meta, OnnxModule(path, meta), given, "onnxruntime", "*.onnx*")
+
+
+def read_export_meta(folder: Path, path: Path, command: str) -> dict:
+    from ..export.onnx import EXPORT_META
     meta_path = folder / EXPORT_META
     if not meta_path.is_file():
-        raise ModelNotFoundError(f"{path}: no {EXPORT_META} beside it; slimformer runs the ONNX folders "
-                                 "`slimformer export --format onnx` writes (graph, tokenizer and pooling)")
-    meta = json.loads(meta_path.read_text())
+        raise ModelNotFoundError(f"{path}: no {EXPORT_META} beside it; slimformer runs the folders "
+                                 f"`{command}` writes (graph, tokenizer and pooling)")
+    return json.loads(meta_path.read_text())
+
+
+def folder_model(folder: Path, meta: dict, module, given: str, runtime: str, graph_files: str) -> Model:
+    """A Model over a runtime adapter, from an export folder's tokenizer, pooling and meta."""
+    from transformers import AutoTokenizer
+    from ..model.load import _sentence_transformers_config
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as e:
         raise ModelNotFoundError(f"{folder}: no usable tokenizer ({str(e).splitlines()[0]})") from None
     meta.setdefault("vocab_size", len(tokenizer))
+    module.config.vocab_size = int(meta["vocab_size"])
     pooling, extra = _sentence_transformers_config(folder)
     if "pooling" in meta:  # what the exported graph itself pools with
         pooling = Pooling(**meta["pooling"])
@@ -93,6 +103,6 @@ def open_onnx(path: Path, given: str) -> Model:
                    blocks=(), embeddings=())
     if causal and tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    size = sum(f.stat().st_size for f in folder.glob("*.onnx*"))
-    return Model(module=OnnxModule(path, meta), tokenizer=tokenizer, arch=amap, source=given,
-                 path=None, pooling=pooling, extra_files=extra, source_bytes=size, runtime="onnxruntime")
+    size = sum(f.stat().st_size for f in folder.glob(graph_files))
+    return Model(module=module, tokenizer=tokenizer, arch=amap, source=given,
+                 path=None, pooling=pooling, extra_files=extra, source_bytes=size, runtime=runtime)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..errors import ConfigValueError
 
 OBJECTIVES = ("throughput", "latency", "decode", "size")
-TUNE_RUNTIMES = ("auto", "torch", "onnxruntime", "llama.cpp")
+TUNE_RUNTIMES = ("auto", "torch", "onnxruntime", "llama.cpp", "openvino")
 
 
 @dataclass

@@ -145,9 +145,10 @@ class Judge:
             return model
         if runtime == "llama.cpp" and model is self.original and self._source_gguf():
             return open_model(self._source_gguf())
-        if runtime == "onnxruntime":
-            export(model, "onnx", tmp / "onnx")
-            return open_model(tmp / "onnx")
+        if runtime in ("onnxruntime", "openvino"):
+            fmt = "onnx" if runtime == "onnxruntime" else "openvino"
+            export(model, fmt, tmp / fmt)
+            return open_model(tmp / fmt)
         export(model, "gguf", tmp / "model.gguf", dtype="q8_0")
         return open_model(tmp / "model.gguf")
 

@@ -55,11 +55,15 @@ class TuneResult(_Serialisable):
 
 def resolve_runtime(model: Model, runtime: str) -> str:
     if runtime != "auto":
+        if model.is_causal and runtime == "openvino":
+            raise ConfigValueError("the OpenVINO export writes sentence encoders; tune a causal LM for "
+                                   "--runtime llama.cpp or torch")
         if model.is_causal and runtime == "onnxruntime":
             raise ConfigValueError("tune serves causal LMs from torch or llama.cpp (the ONNX decoder graph has "
                                    "no KV cache to decode with); pass --runtime llama.cpp or torch")
         if not model.is_causal and runtime == "llama.cpp":
-            raise ConfigValueError("llama.cpp runs causal LMs; a sentence encoder tunes for onnxruntime or torch")
+            raise ConfigValueError("llama.cpp runs causal LMs; a sentence encoder tunes for onnxruntime, "
+                                   "openvino or torch")
         return runtime
     want = "llama.cpp" if model.is_causal else "onnxruntime"
     module = "llama_cpp" if model.is_causal else "onnxruntime"

@@ -16,11 +16,15 @@ FFN_FRACTIONS = (0.0, 0.25, 0.5, 0.625, 0.75)
 QUANT = {
     ("encoder", "torch"): ("none", "w8a8"),
     ("encoder", "onnxruntime"): ("none", "w8a8"),
+    # OpenVINO runs static activations as FakeQuantize int8 kernels, dynamic ones through its own
+    # dynamic quantization of int8 weights (export/openvino.py): both are real kernels there
+    ("encoder", "openvino"): ("none", "w8a8", "w8a8_static"),
     ("causal", "torch"): ("none", "w8a8", "int4"),
     ("causal", "llama.cpp"): ("q8_0", "q4_0"),
 }
 QUANT_STAGES = {
     "w8a8": {"method": "gptq", "bits": 8, "activations": "dynamic", "smoothquant": 0.5},
+    "w8a8_static": {"method": "gptq", "bits": 8, "activations": "static", "smoothquant": 0.5},
     "int4": {"method": "gptq", "bits": 4, "group_size": 64, "symmetric": False},
     "q8_0": {"method": "gptq", "bits": 8},  # per-channel int8 rows go into Q8_0 blocks bit for bit
     "q4_0": {"method": "gptq", "bits": 4, "group_size": 32, "symmetric": True, "full_range": True,
@@ -79,6 +83,8 @@ def recipe_for(params: dict, model: Model, runtime: str, threads: int, recover: 
     }
     if runtime == "onnxruntime":
         recipe["export"] = {"format": "onnx"}
+    elif runtime == "openvino":
+        recipe["export"] = {"format": "openvino"}
     elif runtime == "llama.cpp":
         recipe["export"] = {"format": "gguf", "type": "q8_0"}
     return recipe

@@ -51,6 +51,8 @@ def exports_for(arch: ArchMap) -> list[str]:
     out = ["hf"]
     if fam.onnx and (fam.onnx != "encoder" or arch.kind == "encoder"):  # an encoder graph lowers no decoder
         out.append("onnx")
+    if fam.onnx == "encoder" and arch.kind == "encoder":  # OpenVINO IR is converted from the encoder graph
+        out.append("openvino")
     if arch.model_type in fam.gguf_arch and arch.kind == "causal":  # llama.cpp's graphs here are causal LMs
         out.append("gguf")
     return out

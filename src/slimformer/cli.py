@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export", help="write a model as an HF folder, ONNX or OpenVINO IR (encoders) or GGUF (Llama family)")
     s.add_argument("model", help=model_help + ", or a `slimformer compress` output folder")
-    s.add_argument("--format", required=True, choices=["hf", "onnx", "gguf", "openvino"])
+    s.add_argument("--format", required=True, choices=["hf", "compressed-tensors", "onnx", "gguf", "openvino"])
     s.add_argument("--out", required=True, help="folder (hf, onnx, openvino) or .gguf file; must not exist unless --overwrite")
     s.add_argument("--type", dest="dtype", choices=["f32", "f16", "q8_0", "q4_0", "q4_1"],
                    help="gguf: type of the weights slimformer did not quantize (default f16); quantized "

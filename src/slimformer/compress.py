@@ -160,7 +160,7 @@ def larger_than_source_note(source: dict, speed: Comparison) -> str:
             "the recipe leaves unquantized (the embeddings, for one) is written in fp32.")
 
 
-EXPORT_NAMES = {"onnx": "onnx", "gguf": "model.gguf", "openvino": "openvino"}
+EXPORT_NAMES = {"onnx": "onnx", "gguf": "model.gguf", "openvino": "openvino", "compressed-tensors": "compressed-tensors"}
 
 
 def export_and_check(model: Model, recipe: Recipe, folder: Path, eval_kw: dict) -> dict:

@@ -44,7 +44,7 @@ class ExportConfig:
     type: str | None = None  # GGUF: type of the weights slimformer did not quantize (default f16)
 
 
-EXPORT_FORMATS = ("hf", "onnx", "gguf", "openvino")
+EXPORT_FORMATS = ("hf", "compressed-tensors", "onnx", "gguf", "openvino")
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 - "hf": a Hugging Face folder (model/save.py): plain transformers loads a dense one; pruned or
   quantized models keep slimformer's compressed layout, which `slimformer.load` restores.
+- "compressed-tensors": quantized models in the format transformers and vLLM load
+  (compressed_tensors.py), where it can describe every quantized layer.
 - "onnx": a folder with model.onnx (encoders; onnx.py), its tokenizer and pooling config.
 - "gguf": one .gguf file for llama.cpp (Llama-family decoders; gguf.py).
 - "openvino": a folder with OpenVINO IR model.xml / model.bin (encoders; openvino.py), its
@@ -19,7 +21,7 @@ from ..errors import ConfigValueError
 from ..model import Model
 from ..results import ExportResult
 
-FORMATS = ("hf", "onnx", "gguf", "openvino")
+FORMATS = ("hf", "compressed-tensors", "onnx", "gguf", "openvino")
 
 
 def check(model: Model, fmt: str) -> None:
@@ -32,6 +34,9 @@ def check(model: Model, fmt: str) -> None:
         check_exportable(model)
     elif fmt == "openvino":
         from .openvino import check_exportable
+        check_exportable(model)
+    elif fmt == "compressed-tensors":
+        from .compressed_tensors import check_exportable
         check_exportable(model)
 
 
@@ -69,6 +74,9 @@ def export(model: Model, fmt: str, out: str | os.PathLike, dtype: str | None = N
             elif fmt == "openvino":
                 from .openvino import write_openvino_folder
                 details = write_openvino_folder(model, tmp)
+            elif fmt == "compressed-tensors":
+                from .compressed_tensors import write_compressed_tensors
+                details = write_compressed_tensors(model, tmp)
             else:
                 from ..model.save import write_folder
                 write_folder(model, tmp)

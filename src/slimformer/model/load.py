@@ -57,9 +57,15 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
     cls = AutoModel if family_of_type(cfg.model_type).kind_of(cfg) == "encoder" else AutoModelForCausalLM
     meta = _slimformer_meta(folder)
     masks: dict = {}
+    from .compressed_tensors_io import load_compressed_tensors, quantization_config
+    ct = quantization_config(cfg)
     try:
         if meta.get("weights") == SPARSE_WEIGHTS:
             module, masks = _load_slimformer_weights(cls, cfg, folder, meta, dtype)
+        elif ct is not None:  # llm-compressor / `--format compressed-tensors`: slimformer's own kernels
+            del cfg.quantization_config
+            module = cls.from_config(cfg, dtype=dtype)
+            load_compressed_tensors(module, folder, ct)
         else:
             module = cls.from_pretrained(folder, config=cfg, dtype=dtype, trust_remote_code=False)
             _normalise_conv1d(module)
@@ -80,7 +86,7 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
     model = Model(module=module, tokenizer=tokenizer, arch=arch, source=str(folder), path=folder,
                   pooling=pooling, extra_files=extra, log=list(meta.get("stages", [])), masks=masks,
                   source_bytes=sum(p.stat().st_size for p in weights))
-    if meta.get("modules") or meta.get("quant"):
+    if meta.get("modules") or meta.get("quant") or ct is not None:
         link_input_groups(model.module, arch.input_groups)  # runtime links of q/k/v and gate/up
     return model
 

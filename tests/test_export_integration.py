@@ -50,6 +50,25 @@ def test_minilm_openvino_fp32_and_static_w8a8_match_pytorch(minilm, tmp_path):
     assert abs(a - b) <= 0.15
 
 
+def test_minilm_trimmed_folder_loads_in_sentence_transformers(minilm, tmp_path):
+    """A uniformly trimmed MiniLM (FFN neurons and blocks: shapes config.json states) saved by
+    slimformer is a sentence-transformers folder: its modules (pooling, normalisation) kept, the
+    same embeddings from SentenceTransformer(path).encode."""
+    from sentence_transformers import SentenceTransformer
+    from slimformer import save
+    from slimformer.trim import TrimConfig, trim_model
+    model = copy.deepcopy(minilm)
+    trim_model(model, TrimConfig(ffn=0.5, layers=2, score="magnitude"), {"samples": 32}, progress=False)
+    save(model, tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "modules.json").is_file()
+    st = SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    assert len(st[0].auto_model.encoder.layer) == 4
+    sentences = read_sentences(resolve_data("stsb", "test"))[:128]
+    got = torch.from_numpy(st.encode(sentences, batch_size=32))
+    cos = torch.nn.functional.cosine_similarity(got, encode(model, sentences))
+    assert float(cos.min()) >= 0.9999
+
+
 def test_smollm2_f32_gguf_matches_pytorch_in_llama_cpp(smollm2, tmp_path):
     pytest.importorskip("llama_cpp")
     export(smollm2, "gguf", tmp_path / "f32.gguf", dtype="f32")

@@ -123,7 +123,7 @@ def test_arch_map_finds_every_projection_with_its_shape(models, family):
         assert [b.attention_type for b in arch.blocks] == ["full_attention", "sliding_attention"]
         assert (arch.rope.theta, arch.rope.local_theta, arch.sliding_window) == (160000.0, 10000.0, WINDOW)
         assert not arch.norm.bias and get_module(root, arch.final_norm).bias is None
-    assert exports_for(arch) == ["hf", "onnx"]
+    assert exports_for(arch) == ["hf", "onnx", "openvino"]
 
 
 def test_relative_buckets_written_for_the_graph_equal_transformers(models):
@@ -369,15 +369,17 @@ def test_missing_dense_weights_say_to_copy_the_folder(folders, tmp_path):
 
 # ---------------------------------------------------------------- ONNX
 
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])  # OpenVINO IR is converted from the same graph
 @pytest.mark.parametrize("family", ["bert", "distilbert", "mpnet", "modernbert"])
-def test_onnx_graph_with_pooling_dense_normalize_matches_pytorch(folders, family, tmp_path):
+def test_onnx_graph_with_pooling_dense_normalize_matches_pytorch(folders, family, fmt, tmp_path):
     import onnxruntime  # noqa: F401  (a dependency: its absence is a failure, not a skip)
     from slimformer.export import export
     from slimformer.runtime import open_model
     _sentence_folder(folders[family], tmp_path / "st", pooling="max" if family == "distilbert" else "mean")
     model = load(tmp_path / "st")
-    result = export(model, "onnx", tmp_path / "onnx")
+    result = export(model, fmt, tmp_path / "onnx")
     ort = open_model(tmp_path / "onnx")
+    assert ort.runtime == ("onnxruntime" if fmt == "onnx" else "openvino")
     texts = sentences(24)
     lengths = model.tokenizer(texts, return_tensors=None)["input_ids"]
     assert max(map(len, lengths)) > 2 * WINDOW + 1  # local windows and logarithmic buckets are exercised

@@ -28,13 +28,16 @@ def info(model: str | Model) -> ModelInfo:
 
 def evaluate(model: str | Model, task: str | None = None, data: str | None = None, split: str = "test",
              reference: str | Model | None = None, seq_len: int = 1024, max_windows: int | None = None,
-             batch_size: int | None = None, progress: bool = True, runtime: str = "auto") -> EvalResult:
-    """Quality on real data: task "sts", "ppl" or "fidelity" (which needs a reference model).
+             batch_size: int | None = None, progress: bool = True, runtime: str = "auto",
+             limit: int | None = None) -> EvalResult:
+    """Quality on real data: task "sts", "ppl" or "fidelity" (which needs a reference model), or
+    "lm-eval:TASK[,TASK...]" (lm-evaluation-harness; `limit` items per task).
     A .onnx / .gguf path runs in ONNX Runtime / llama.cpp (runtime="auto"; see runtime/)."""
     from .runtime import open_model
     ref = open_model(reference, runtime) if reference is not None else None
     return _evaluate.evaluate(open_model(model, runtime), task, data=data, split=split, reference=ref,
-                              seq_len=seq_len, max_windows=max_windows, batch_size=batch_size, progress=progress)
+                              seq_len=seq_len, max_windows=max_windows, batch_size=batch_size, progress=progress,
+                              limit=limit)
 
 
 def bench(model: str | Model, config: BenchConfig | None = None,

@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="quality on real data (sts, ppl, fidelity)")
     s.add_argument("model", help=model_help)
-    s.add_argument("--task", choices=["sts", "ppl", "fidelity"], help="default: ppl for LMs, sts for encoders")
+    s.add_argument("--task", help="sts, ppl, fidelity, or lm-eval:TASK[,TASK...] (lm-evaluation-harness; "
+                   "lm-eval:sst2-bundled runs offline); default: ppl for LMs, sts for encoders")
+    s.add_argument("--limit", type=_positive, help="lm-eval: items per task")
     s.add_argument("--data", help="a bundled set (stsb, wikitext2, sst2) or a TSV / JSONL / text file")
     s.add_argument("--split", default="test")
     s.add_argument("--reference", help="the model to compare with (fidelity)")
@@ -150,7 +152,7 @@ def cmd_eval(args) -> int:
     from .report import EVAL_HEADERS, eval_rows, text_table
     r = api.evaluate(args.model, args.task, data=args.data, split=args.split, reference=args.reference,
                      seq_len=args.seq_len, max_windows=args.max_windows, batch_size=args.batch_size,
-                     runtime=args.runtime)
+                     runtime=args.runtime, limit=args.limit)
     print(text_table(EVAL_HEADERS, eval_rows(r.to_dict())))
     print(f"protocol: {r.protocol}; {r.wall_s:.1f} s")
     _write_json(r, args.json)

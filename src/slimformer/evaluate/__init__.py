@@ -18,10 +18,15 @@ def default_task(model: Model) -> str:
 
 def evaluate(model: Model, task: str | None = None, data: str | None = None, split: str = "test",
              reference: Model | None = None, seq_len: int = 1024, max_windows: int | None = None,
-             batch_size: int | None = None, progress: bool = True) -> EvalResult:
+             batch_size: int | None = None, progress: bool = True, limit: int | None = None) -> EvalResult:
+    """`task`: sts, ppl, fidelity, or "lm-eval:TASK[,TASK...]" (lm-evaluation-harness, lm_eval.py;
+    `limit`: items per task)."""
     task = task or default_task(model)
+    if task.startswith("lm-eval:"):
+        from .lm_eval import lm_eval_tasks
+        return lm_eval_tasks(model, task, limit=limit, batch_size=batch_size)
     if task not in TASKS:
-        raise ConfigValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        raise ConfigValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}, lm-eval:NAME")
     if task == "sts":
         if model.is_causal:
             raise UnsupportedModelError(f"sts needs a sentence encoder; {model.name} is a causal LM "

@@ -1,0 +1,83 @@
+"""lm-evaluation-harness tasks on any causal LM slimformer loads, compressed ones included.
+
+The loaded module (QuantLinear, trimmed blocks and all) and its tokenizer are handed to
+lm-eval's own HF wrapper (`HFLM(pretrained=module, tokenizer=...)`), so the harness computes
+every log-likelihood through slimformer's kernels and its task code scores them. Tasks:
+- `lm-eval:sst2-bundled`: runs offline on the bundled SST-2 dev split (data/sets/sst2, its
+  SOURCE.md gives the license), zero-shot, with lm-eval's own GLUE SST-2 prompt and choices
+  ("<sentence>\\nQuestion: Is this sentence positive or negative?\\nAnswer:", " negative" /
+  " positive"), metric acc;
+- any task name of lm-eval's registry (`lm-eval:hellaswag,arc_easy`): its data comes from the
+  Hugging Face hub, so it needs a connection the first time (then the datasets cache).
+GGUF / ONNX / OpenVINO exports are not wrapped (no adapter yet): evaluate the PyTorch model.
+"""
+from __future__ import annotations
+
+import time
+
+from ..data import resolve_data
+from ..errors import MissingDependencyError, UnsupportedModelError
+from ..model import Model
+from ..results import EvalResult
+
+PREFIX = "lm-eval:"
+BUNDLED = {"sst2-bundled": ("sst2", "dev")}
+
+
+def _bundled(name: str) -> dict:
+    data, split = BUNDLED[name]
+    return {"task": name, "dataset_path": "csv",
+            "dataset_kwargs": {"data_files": {"validation": str(resolve_data(data, split))}, "delimiter": "\t"},
+            "validation_split": "validation", "output_type": "multiple_choice",
+            "doc_to_text": "{{sentence.strip()}}\nQuestion: Is this sentence positive or negative?\nAnswer:",
+            "doc_to_target": "label", "doc_to_choice": ["negative", "positive"],
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
+
+
+def harness_model(model: Model, batch_size: int = 1):
+    """lm-eval's HFLM over the loaded module: what the harness calls for log-likelihoods."""
+    try:
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise MissingDependencyError("lm-eval tasks need lm-evaluation-harness: pip install "
+                                     "'slimformer[eval]'") from None
+    if not model.is_causal or model.runtime != "torch":
+        raise UnsupportedModelError(f"lm-eval tasks score causal LMs in PyTorch; {model.name} is "
+                                    f"{'an encoder' if not model.is_causal else 'a ' + model.runtime + ' export'}")
+    return HFLM(pretrained=model.module, tokenizer=model.tokenizer, device="cpu", batch_size=batch_size,
+                max_length=model.arch.max_positions)
+
+
+def lm_eval_tasks(model: Model, task: str, limit: int | None = None, batch_size: int | None = None) -> EvalResult:
+    """`task` is "lm-eval:NAME[,NAME...]"; the value is the first task's first metric, every
+    task's metrics are in `extra`."""
+    from lm_eval import simple_evaluate
+    names = [n.strip() for n in task[len(PREFIX):].split(",") if n.strip()]
+    if not names:
+        raise UnsupportedModelError("name the lm-eval tasks: --task lm-eval:sst2-bundled (offline) or lm-eval:hellaswag")
+    t0 = time.perf_counter()
+    lm = harness_model(model, batch_size or 1)
+    tasks = [_bundled(n) if n in BUNDLED else n for n in names]
+    try:
+        out = simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=False, bootstrap_iters=0)
+    except (KeyError, ValueError, ConnectionError, OSError) as e:
+        raise UnsupportedModelError(f"lm-eval could not run {', '.join(names)} ({str(e).splitlines()[0][:200]}); "
+                                    f"offline, only {', '.join(PREFIX + n for n in BUNDLED)} runs") from None
+    results = out["results"]
+    metrics = {n: {k.split(",")[0]: v for k, v in results[n].items()  # "acc,none": metric, filter
+                   if "," in k and isinstance(v, (int, float)) and "stderr" not in k}
+               for n in names}
+    first = names[0]
+    metric, value = next(iter(metrics[first].items()))
+    n_items = sum(v.get("effective", v.get("original", 0)) for v in (out.get("n-samples") or {}).values()) or 0
+    return EvalResult(task=task, model=model.name, metric=f"{first} {metric}", value=float(value),
+                      higher_is_better=True, data=",".join(names), split=None, n=int(n_items),
+                      protocol=f"lm-evaluation-harness {_version()} ({', '.join(names)}"
+                               f"{f', limit {limit}' if limit else ''}; HFLM over the loaded module, batch "
+                               f"{batch_size or 1})",
+                      extra={"lm_eval": metrics}, wall_s=time.perf_counter() - t0)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+    return version("lm_eval")

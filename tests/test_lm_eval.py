@@ -1,0 +1,60 @@
+"""lm-evaluation-harness on slimformer's models (evaluate/lm_eval.py): the harness's
+log-likelihoods are slimformer's own next-token log-probabilities, and the bundled offline task
+runs through `slimformer eval`."""
+from __future__ import annotations
+
+import copy
+import json
+
+import lm_eval  # noqa: F401  (the eval extra: missing, the module fails, never skips)
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+
+from slimformer import evaluate
+from slimformer.cli import main
+from slimformer.errors import UnsupportedModelError
+from slimformer.evaluate.lm_eval import harness_model
+from slimformer.quant import QuantizeConfig, quantize_model
+
+PAIRS = [("The capital of France is", " Paris and it is large"),
+         ("tokens tokens", " tokens a b c"), ("x", " y z")]
+
+
+def _own_loglikelihood(model, context: str, continuation: str) -> float:
+    """sum log p(continuation tokens | everything before), from the module's logits, by hand."""
+    tok = model.tokenizer
+    ctx = tok(context, add_special_tokens=False).input_ids
+    whole = tok(context + continuation, add_special_tokens=False).input_ids
+    cont = whole[len(ctx):]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(model.module(input_ids=ids).logits.double(), -1)[0]
+    return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont)))
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_harness_loglikelihoods_are_slimformers_nll(tiny, quantized):
+    model = copy.deepcopy(tiny["llama"])
+    if quantized:  # the harness runs the compressed module itself (int8 kernels)
+        quantize_model(model, QuantizeConfig(bits=8, activations="dynamic"), {"samples": 2, "seq_len": 16},
+                       progress=False)
+    lm = harness_model(model)
+    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(PAIRS)]
+    got = [ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)]
+    want = [_own_loglikelihood(model, c, x) for c, x in PAIRS]
+    assert got == pytest.approx(want, abs=2e-4)
+
+
+def test_bundled_sst2_task_runs_offline_through_the_cli(tiny_dir, tmp_path, capsys):
+    js = tmp_path / "e.json"
+    assert main(["eval", str(tiny_dir["llama"]), "--task", "lm-eval:sst2-bundled", "--limit", "8",
+                 "--json", str(js)]) == 0
+    r = json.loads(js.read_text())
+    assert r["metric"] == "sst2-bundled acc" and 0.0 <= r["value"] <= 1.0 and r["n"] == 8
+    assert "lm-evaluation-harness" in r["protocol"]
+
+
+def test_encoders_and_unknown_tasks_are_one_line_errors(tiny):
+    with pytest.raises(UnsupportedModelError, match="score causal LMs"):
+        evaluate(tiny["bert"], "lm-eval:sst2-bundled", limit=2)

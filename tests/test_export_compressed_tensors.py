@@ -34,9 +34,8 @@ def _simulated(model):
     """The same codes computed in fp32 (dequantized weights, activations fake-quantized on
     slimformer's grid): what transformers' decompressed model computes."""
     sim = copy.deepcopy(model)
-    for name in sim.arch.linears:
-        mod = get_module(sim.module, name)
-        if isinstance(mod, QuantLinear):
+    for mod in sim.module.modules():
+        if isinstance(mod, QuantLinear):  # the head too, when quantized
             mod.unlink()
             mod.kernel, mod._cache = "simulated", {}
     return sim
@@ -114,3 +113,19 @@ def test_recipe_export_is_scored_from_the_written_folder(tiny, tmp_path):
     assert r.export["path"] == "compressed-tensors" and r.export["details"]["formats"] == ["pack-quantized"]
     # read back onto the same kernels: the same perplexity as the model compress produced
     assert r.export["quality"]["value"] == pytest.approx(r.quality["compressed"]["value"], rel=1e-6)
+
+
+def test_biases_and_a_quantized_head_go_both_ways(tiny, tmp_path):
+    """qwen2 (q/k/v biases), W4A16 with the untied LM head quantized too."""
+    model = copy.deepcopy(tiny["qwen2"])
+    quantize_model(model, QuantizeConfig(method="gptq", bits=4, group_size=32, lm_head=True), CAL, progress=False)
+    names = [n for n, m in model.module.named_modules() if isinstance(m, QuantLinear)]
+    assert "lm_head" in names and get_module(model.module, names[0]).bias is not None
+    export(model, "compressed-tensors", tmp_path / "ct")
+    hf = T.AutoModelForCausalLM.from_pretrained(tmp_path / "ct")
+    assert torch.allclose(_logits(hf), _logits(_simulated(model).module), atol=1e-4)
+    back = load(tmp_path / "ct")
+    for name in names:
+        a, b = get_module(model.module, name), get_module(back.module, name)
+        assert torch.equal(b.codes(), a.codes()) and (a.bias is None or torch.equal(a.bias, b.bias))
+    assert torch.allclose(_logits(back.module), _logits(model.module), atol=1e-5)

@@ -46,15 +46,26 @@ def test_harness_loglikelihoods_are_slimformers_nll(tiny, quantized):
     assert got == pytest.approx(want, abs=2e-4)
 
 
-def test_bundled_sst2_task_runs_offline_through_the_cli(tiny_dir, tmp_path, capsys):
+def test_bundled_sst2_task_runs_offline_through_the_cli(tiny, tiny_dir, tmp_path, capsys):
     js = tmp_path / "e.json"
     assert main(["eval", str(tiny_dir["llama"]), "--task", "lm-eval:sst2-bundled", "--limit", "8",
                  "--json", str(js)]) == 0
     r = json.loads(js.read_text())
-    assert r["metric"] == "sst2-bundled acc" and 0.0 <= r["value"] <= 1.0 and r["n"] == 8
+    assert r["metric"] == "sst2-bundled acc" and r["n"] == 8 and r["higher_is_better"]
     assert "lm-evaluation-harness" in r["protocol"]
+    # the accuracy by hand: the first 8 dev rows, the prompt, the likelier of " negative" / " positive"
+    from slimformer.data import resolve_data
+    rows = [line.rstrip("\n").split("\t") for line in resolve_data("sst2", "dev").read_text().splitlines()[1:9]]
+    right = 0
+    for sentence, label in rows:
+        prompt = f"{sentence.strip()}\nQuestion: Is this sentence positive or negative?\nAnswer:"
+        lls = [_own_loglikelihood(tiny["llama"], prompt, " " + c) for c in ("negative", "positive")]
+        right += int(max(range(2), key=lambda i: lls[i]) == int(label))
+    assert r["value"] == pytest.approx(right / 8)
 
 
 def test_encoders_and_unknown_tasks_are_one_line_errors(tiny):
     with pytest.raises(UnsupportedModelError, match="score causal LMs"):
         evaluate(tiny["bert"], "lm-eval:sst2-bundled", limit=2)
+    with pytest.raises(UnsupportedModelError, match="no task no_such_task; bundled"):
+        evaluate(tiny["llama"], "lm-eval:no_such_task", limit=2)

@@ -37,6 +37,7 @@ def _bundled(name: str) -> dict:
 def harness_model(model: Model, batch_size: int = 1):
     """lm-eval's HFLM over the loaded module: what the harness calls for log-likelihoods."""
     try:
+        import lm_eval  # noqa: F401
         from lm_eval.models.huggingface import HFLM
     except ImportError:
         raise MissingDependencyError("lm-eval tasks need lm-evaluation-harness: pip install "
@@ -51,27 +52,38 @@ def harness_model(model: Model, batch_size: int = 1):
 def lm_eval_tasks(model: Model, task: str, limit: int | None = None, batch_size: int | None = None) -> EvalResult:
     """`task` is "lm-eval:NAME[,NAME...]"; the value is the first task's first metric, every
     task's metrics are in `extra`."""
-    from lm_eval import simple_evaluate
     names = [n.strip() for n in task[len(PREFIX):].split(",") if n.strip()]
     if not names:
         raise UnsupportedModelError("name the lm-eval tasks: --task lm-eval:sst2-bundled (offline) or lm-eval:hellaswag")
     t0 = time.perf_counter()
     lm = harness_model(model, batch_size or 1)
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    known = set(TaskManager().all_tasks)
+    unknown = [n for n in names if n not in BUNDLED and n not in known]
+    if unknown:
+        raise UnsupportedModelError(f"lm-eval has no task {', '.join(unknown)}; bundled (offline): "
+                                    f"{', '.join(BUNDLED)}; others: `lm_eval ls tasks`")
     tasks = [_bundled(n) if n in BUNDLED else n for n in names]
     try:
         out = simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=False, bootstrap_iters=0)
-    except (KeyError, ValueError, ConnectionError, OSError) as e:
-        raise UnsupportedModelError(f"lm-eval could not run {', '.join(names)} ({str(e).splitlines()[0][:200]}); "
-                                    f"offline, only {', '.join(PREFIX + n for n in BUNDLED)} runs") from None
-    results = out["results"]
-    metrics = {n: {k.split(",")[0]: v for k, v in results[n].items()  # "acc,none": metric, filter
+    except (ConnectionError, OSError) as e:  # a hub dataset, offline
+        raise UnsupportedModelError(f"lm-eval could not fetch the data of {', '.join(names)} "
+                                    f"({str(e).splitlines()[0][:200]}); offline, only "
+                                    f"{', '.join(PREFIX + n for n in BUNDLED)} runs") from None
+    results, directions = out["results"], out.get("higher_is_better", {})
+    metrics = {n: {(k.split(",")[0] if k.endswith(",none") else k.replace(",", "/")): v
+                   for k, v in results[n].items()  # "acc,none": metric, filter
                    if "," in k and isinstance(v, (int, float)) and "stderr" not in k}
                for n in names}
     first = names[0]
+    if not metrics[first]:
+        raise UnsupportedModelError(f"lm-eval task {first} reported no numeric metric")
     metric, value = next(iter(metrics[first].items()))
+    higher = bool(directions.get(first, {}).get(metric.split("/")[0], True))
     n_items = sum(v.get("effective", v.get("original", 0)) for v in (out.get("n-samples") or {}).values()) or 0
     return EvalResult(task=task, model=model.name, metric=f"{first} {metric}", value=float(value),
-                      higher_is_better=True, data=",".join(names), split=None, n=int(n_items),
+                      higher_is_better=higher, data=",".join(names), split=None, n=int(n_items),
                       protocol=f"lm-evaluation-harness {_version()} ({', '.join(names)}"
                                f"{f', limit {limit}' if limit else ''}; HFLM over the loaded module, batch "
                                f"{batch_size or 1})",

@@ -40,6 +40,13 @@ def check_exportable(model: Model) -> None:
         raise UnsupportedModelError(f"OpenVINO export writes sentence encoders; {model.arch.model_type!r} "
                                     f"({model.arch.kind}) exports as {' or '.join(exports_for(model.arch))}")
     check_onnx(model)
+    from ..nn import QuantLinear, compressed_modules
+    for name, mod in compressed_modules(model.module).items():
+        rows = mod.spec.bits == 8 and mod.spec.symmetric and not mod.spec.group_size if isinstance(mod, QuantLinear) else True
+        if isinstance(mod, QuantLinear) and mod.act != "none" and not rows:
+            raise UnsupportedModelError(f"{name}: int8 activations with {mod.spec.describe()} weights (simulated "
+                                        "in slimformer) have no OpenVINO int8 form; quantize int8 per channel "
+                                        "symmetric, or export as onnx")
     _ov()
 
 
@@ -52,7 +59,11 @@ def write_openvino_folder(model: Model, folder: Path) -> dict:
     staging = folder / "graph.onnx"  # the frontend's input; the folder is a temporary one (atomic_dir)
     big = sum(len(t.raw_data) for t in proto.graph.initializer) > 1_500_000_000
     onnx.save_model(proto, str(staging), save_as_external_data=big, location="graph.onnx.data")
-    ir = ov.convert_model(str(staging))
+    try:
+        ir = ov.convert_model(str(staging))
+    except Exception as e:  # OpenVINO's frontend errors are its own classes; say which op it was
+        raise UnsupportedModelError(f"OpenVINO could not convert the graph ({str(e).splitlines()[0][:200]}); "
+                                    "export as onnx") from None
     for p in folder.glob("graph.onnx*"):
         p.unlink()
     ir.set_rt_info(PRECISION, ["runtime_options", "INFERENCE_PRECISION_HINT"])

@@ -68,7 +68,10 @@ def _spec_and_act(name: str, scheme: dict, fmt: str) -> tuple[QuantSpec, str, st
     if a.get("type", "int") != "int" or a.get("num_bits") != 8:
         raise UnsupportedModelError(f"{name}: activations {a} are not int8; slimformer runs int8 activations")
     if a.get("dynamic"):
-        return spec, "dynamic", "token" if a.get("strategy") == "token" else "tensor"
+        if a.get("strategy") not in ("token", "tensor"):
+            raise UnsupportedModelError(f"{name}: dynamic activations per {a.get('strategy')}; slimformer's "
+                                        "kernels quantize per token or per tensor")
+        return spec, "dynamic", a["strategy"]
     if not a.get("symmetric", True) or a.get("strategy", "tensor") != "tensor":
         raise UnsupportedModelError(f"{name}: static activations must be symmetric per tensor for slimformer's "
                                     "int8_static kernel")
@@ -89,7 +92,7 @@ def _codes(name: str, state: dict, spec: QuantSpec, fmt: str, out_f: int, in_f: 
         q = state.pop(f"{name}.weight")
         zp = state.pop(f"{name}.weight_zero_point", None)
         zeros = zp.reshape(out_f, groups) if zp is not None else torch.zeros(out_f, groups)
-    if q.dtype not in (torch.int8, torch.uint8) or q.shape != (out_f, in_f):
+    if q.dtype != torch.int8 or q.shape != (out_f, in_f):
         raise UnsupportedModelError(f"{name}: stored codes {tuple(q.shape)} {q.dtype} do not match the layer")
     return q.to(torch.int8), scales, zeros.to(torch.int8)
 
@@ -103,6 +106,12 @@ def load_compressed_tensors(module: nn.Module, folder: Path, qc: dict) -> int:
         raise MissingDependencyError(f"{folder} is a compressed-tensors checkpoint: pip install "
                                      "compressed-tensors") from None
     state = _state(folder)
+    if qc.get("sparsity_config"):
+        raise UnsupportedModelError(f"{folder}: compressed-tensors sparse formats are not read here; load it "
+                                    "with transformers, or quantize the dense model with slimformer")
+    if any(k.endswith(".weight_g_idx") for k in state):
+        raise UnsupportedModelError(f"{folder}: activation-ordered group indices (weight_g_idx) are not read "
+                                    "here; quantize with actorder off (or 'weight')")
     ignore = qc.get("ignore") or []
     n = 0
     for scheme in qc.get("config_groups", {}).values():
@@ -113,6 +122,13 @@ def load_compressed_tensors(module: nn.Module, folder: Path, qc: dict) -> int:
             spec, act, granularity = _spec_and_act(name, scheme, fmt)
             q, scales, zeros = _codes(name, state, spec, fmt, lin.out_features, lin.in_features)
             act_scale = state.pop(f"{name}.input_scale", None)
+            if act == "static" and act_scale is None:
+                raise UnsupportedModelError(f"{name}: a static activation scheme without its input_scale; "
+                                            "the checkpoint is incomplete")
+            izp = state.pop(f"{name}.input_zero_point", None)
+            if izp is not None and bool(izp.ne(0).any()):
+                raise UnsupportedModelError(f"{name}: static activations with a zero point; slimformer's "
+                                            "int8_static grid is symmetric")
             bias = state.pop(f"{name}.bias", None)
             kernel = real_kernel(spec, act, lin.in_features) or "simulated"
             qlin = QuantLinear.from_codes(q, scales, zeros, spec, bias, act, kernel,
@@ -123,7 +139,8 @@ def load_compressed_tensors(module: nn.Module, folder: Path, qc: dict) -> int:
             n += 1
     missing, unexpected = module.load_state_dict(state, strict=False)
     quantized = {k for k in module.state_dict() if isinstance(_owner(module, k), QuantLinear)}
-    tied = {k for k in missing if "lm_head" in k or "embed" in k}
+    tied_head = getattr(module.config, "tie_word_embeddings", False) and module.get_output_embeddings() is not None
+    tied = {k for k in missing if tied_head and k == "lm_head.weight"}  # read from the embedding table
     if unexpected or set(missing) - quantized - tied:
         raise KeyError(f"the compressed-tensors weights do not match the config (missing "
                        f"{sorted(set(missing) - quantized - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")

@@ -69,3 +69,22 @@ def test_encoders_and_unknown_tasks_are_one_line_errors(tiny):
         evaluate(tiny["bert"], "lm-eval:sst2-bundled", limit=2)
     with pytest.raises(UnsupportedModelError, match="no task no_such_task; bundled"):
         evaluate(tiny["llama"], "lm-eval:no_such_task", limit=2)
+
+
+def test_compress_scores_original_and_compressed_on_the_same_lm_eval_items(tiny, tmp_path):
+    from slimformer import compress
+    from slimformer.errors import RecipeError
+    from slimformer.recipe import parse_recipe
+    recipe = {"stages": [{"quantize": {"bits": 8, "activations": "dynamic"}}], "calibration": {"samples": 2, "seq_len": 16},
+              "evaluate": {"task": "lm-eval:sst2-bundled", "limit": 6, "fidelity": False},
+              "bench": {"repeats": 1, "warmup": 0, "batch_sizes": [1], "seq_lens": [16], "throughput_items": 2,
+                        "throughput_seq_len": 32, "throughput_passes": 1, "decode_new_tokens": 2,
+                        "decode_prompt": 8, "decode_repeats": 1}}
+    r = compress(tiny["llama"], recipe, out=tmp_path / "out", progress=False)
+    q0, q1 = r.quality["original"], r.quality["compressed"]
+    assert q0["metric"] == q1["metric"] == "sst2-bundled acc" and q0["n"] == q1["n"] == 6
+    assert "sst2-bundled acc" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(RecipeError, match="lm-eval tasks score PyTorch models"):
+        parse_recipe({**recipe, "export": {"format": "gguf"}})
+    with pytest.raises(RecipeError, match="applies to lm-eval tasks only"):
+        parse_recipe({"evaluate": {"task": "ppl", "limit": 3}})

@@ -108,7 +108,7 @@ def finish(model: Model, compressed: Model, logs: list[StageLog], recipe: Recipe
     ev = recipe.evaluate
     task = ev.task or default_task(model)
     kw = dict(task=task, data=ev.data, split=ev.split, seq_len=ev.seq_len, max_windows=ev.max_windows,
-              progress=progress)
+              progress=progress, limit=ev.limit)
     quality = {"original": evaluate(model, **kw), "compressed": evaluate(compressed, **kw)}
     fid = None
     if ev.fidelity and not model.is_causal:  # several domains: the user's own data is none of them

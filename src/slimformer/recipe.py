@@ -28,12 +28,13 @@ class CalibrationConfig:
 
 @dataclass
 class EvaluateConfig:
-    task: str | None = None  # default: ppl for causal LMs, sts for encoders
+    task: str | None = None  # default: ppl for causal LMs, sts for encoders; or "lm-eval:TASK[,TASK]"
     data: str | None = None
     split: str = "test"
     seq_len: int = 1024
     max_windows: int | None = None
     fidelity: bool = True  # also compare the compressed model's outputs with the original's
+    limit: int | None = None  # lm-eval tasks: items per task (the same items for both models)
 
 
 @dataclass
@@ -211,8 +212,15 @@ def _check_values(recipe: Recipe, where: str) -> None:
         raise RecipeError(f"{where}: calibration needs samples >= 1 and seq_len >= 2")
     if cal.split == "test":
         raise RecipeError(f"{where}: calibration must not use the test split; use validation or train")
-    if recipe.evaluate.task is not None and recipe.evaluate.task not in TASKS:
-        raise RecipeError(f"{where}: evaluate task {recipe.evaluate.task!r} unknown; tasks: {', '.join(TASKS)}")
+    task = recipe.evaluate.task
+    harness = task is not None and task.startswith("lm-eval:")
+    if task is not None and not harness and task not in TASKS:
+        raise RecipeError(f"{where}: evaluate task {task!r} unknown; tasks: {', '.join(TASKS)}, lm-eval:NAME")
+    if harness and recipe.export.format in ("onnx", "gguf", "openvino"):
+        raise RecipeError(f"{where}: lm-eval tasks score PyTorch models, and a {recipe.export.format} export is "
+                          "scored in its runtime; evaluate with ppl, or export as hf / compressed-tensors")
+    if recipe.evaluate.limit is not None and (not harness or recipe.evaluate.limit < 1):
+        raise RecipeError(f"{where}: evaluate limit (items per task, >= 1) applies to lm-eval tasks only")
     if recipe.export.format not in EXPORT_FORMATS:
         raise RecipeError(f"{where}: export format {recipe.export.format!r} is not available; "
                           f"formats: {', '.join(EXPORT_FORMATS)}")

@@ -98,7 +98,15 @@ def test_what_compressed_tensors_cannot_describe_is_refused_and_nothing_written(
         export(q4_0, "compressed-tensors", tmp_path / "a")
     with pytest.raises(UnsupportedModelError, match="no quantized layer"):
         export(tiny["llama"], "compressed-tensors", tmp_path / "b")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    from slimformer.trim import TrimConfig, trim_model
+    trimmed = copy.deepcopy(tiny["llama"])
+    trim_model(trimmed, TrimConfig(ffn=0.25, score="magnitude"), CAL, progress=False)
+    quantize_model(trimmed, QuantizeConfig(bits=8), CAL, progress=False)
+    export(trimmed, "compressed-tensors", tmp_path / "ok")  # a uniform trim: the config states it
+    trimmed.module.config.intermediate_size += 8  # a config that no longer states the FFN width
+    with pytest.raises(UnsupportedModelError, match="trimmed shapes differ"):
+        export(trimmed, "compressed-tensors", tmp_path / "c")
+    assert not any((tmp_path / d).exists() for d in "abc") and (tmp_path / "ok" / "config.json").is_file()
 
 
 def test_recipe_export_is_scored_from_the_written_folder(tiny, tmp_path):

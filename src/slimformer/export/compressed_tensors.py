@@ -84,9 +84,7 @@ def check_exportable(model: Model) -> None:
     if model.masks:
         raise UnsupportedModelError("pruning masks: compressed-tensors' sparse formats are not written here; "
                                     "export it as hf")
-    import dataclasses
-    plain = dataclasses.replace(model, module=_dequantized_copy(model)[0]) if mods else model
-    if config_mismatches(plain):
+    if config_mismatches(model, quantized_as_dense=True):
         raise UnsupportedModelError("the trimmed shapes differ from what config.json can state; export it as hf")
     _ct()
 
@@ -95,7 +93,7 @@ def _dequantized_copy(model: Model) -> tuple[nn.Module, dict[str, QuantLinear]]:
     """A deep copy of the module whose quantized linears are float linears with their
     dequantized weights (the library re-derives the codes from those)."""
     module = copy.deepcopy(model.module)
-    originals = {n: m for n, m in compressed_modules(model.module).items()}
+    originals = compressed_modules(model.module)
     for name, q in originals.items():
         lin = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
         with torch.no_grad():

@@ -41,9 +41,10 @@ def check_exportable(model: Model) -> None:
                                     f"({model.arch.kind}) exports as {' or '.join(exports_for(model.arch))}")
     check_onnx(model)
     from ..nn import QuantLinear, compressed_modules
+    from ..nn.quant_linear import real_kernel
     for name, mod in compressed_modules(model.module).items():
-        rows = mod.spec.bits == 8 and mod.spec.symmetric and not mod.spec.group_size if isinstance(mod, QuantLinear) else True
-        if isinstance(mod, QuantLinear) and mod.act != "none" and not rows:
+        # activation grids slimformer itself only simulates (no int8 kernel) have no Q/DQ form
+        if isinstance(mod, QuantLinear) and mod.act != "none" and real_kernel(mod.spec, mod.act, mod.in_features) is None:
             raise UnsupportedModelError(f"{name}: int8 activations with {mod.spec.describe()} weights (simulated "
                                         "in slimformer) have no OpenVINO int8 form; quantize int8 per channel "
                                         "symmetric, or export as onnx")

@@ -52,11 +52,15 @@ def uniform(model: Model) -> bool:
     return len(shapes) == 1
 
 
-def config_mismatches(model: Model) -> list[str]:
-    """Tensors whose shape plain transformers would not build from the config (empty: standard)."""
+def config_mismatches(model: Model, quantized_as_dense: bool = False) -> list[str]:
+    """Tensors whose shape plain transformers would not build from the config (empty: standard).
+    `quantized_as_dense`: a QuantLinear counts as the linear it stands for (weight [out, in],
+    bias), for formats that store quantized layers in the config's own module tree."""
+    from ..nn import QuantLinear
     compressed = compressed_modules(model.module)
-    if compressed:
-        return [f"{name} ({type(m).__name__})" for name, m in compressed.items()]
+    dense = {n: m for n, m in compressed.items() if quantized_as_dense and isinstance(m, QuantLinear)}
+    if len(dense) < len(compressed):
+        return [f"{name} ({type(m).__name__})" for name, m in compressed.items() if name not in dense]
     try:
         with torch.device("meta"):
             ref = type(model.module)(copy.deepcopy(model.module.config))
@@ -64,9 +68,14 @@ def config_mismatches(model: Model) -> list[str]:
         return [f"config rejected by transformers ({str(e).splitlines()[0] if str(e) else type(e).__name__})"]
     want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     transposed = {f"{n}.weight" for n in model.arch.conv1d_transposed}
+    shapes = {k: tuple(t.shape) for k, t in model.module.state_dict().items()
+              if k.rpartition(".")[0] not in dense}
+    for name, m in dense.items():
+        shapes[f"{name}.weight"] = (m.out_features, m.in_features)
+        if m.bias is not None:
+            shapes[f"{name}.bias"] = (m.out_features,)
     out = []
-    for key, t in model.module.state_dict().items():
-        shape = tuple(t.shape)
+    for key, shape in shapes.items():
         if key in transposed:
             shape = shape[::-1]
         if key not in want:

@@ -13,7 +13,7 @@ import torch
 
 def quant_linear_to_onnx(g, x: str, mod, name: str) -> str:
     bias = g.const(mod.bias, f"{name}.bias") if mod.bias is not None else None
-    if getattr(g, "form", "ort") == "qdq":
+    if g.form == "qdq":  # OpenVINO (quant_linear_qdq.py)
         from .quant_linear_qdq import quant_linear_to_qdq
         y = quant_linear_to_qdq(g, x, mod, name)
         return g.op("Add", [y, bias]) if bias else y

@@ -5,8 +5,9 @@ OpenVINO IR (.xml) in OpenVINO.
 calls evaluate/ and bench/ make (`module(input_ids=...)`, `generate`), so a PyTorch model and its
 export are scored and timed by the same code in the same run. `runtime="auto"` picks by what the
 user named: a path to a .onnx file (or an export folder holding model.onnx) runs in ONNX Runtime,
-a path to a .gguf file in llama.cpp, a model.xml (or a folder holding one) in OpenVINO; aliases, HF folders and hub ids run in PyTorch (so does a
-.gguf with runtime="torch": transformers dequantizes it).
+a path to a .gguf file in llama.cpp, a model.xml (or a folder holding one) in OpenVINO; aliases,
+HF folders and hub ids run in PyTorch (so does a .gguf with runtime="torch": transformers
+dequantizes it).
 """
 from __future__ import annotations
 

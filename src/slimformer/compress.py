@@ -47,20 +47,44 @@ def run_stages(model: Model, recipe: Recipe, progress: bool = True, work_dir: Pa
                resume: bool = False) -> tuple[Model, list[StageLog]]:
     """Apply the recipe's stages to a copy of `model`; the original stays untouched. The model's
     log (saved as slimformer.json "stages") gets each StageLog's to_dict(); the StageLogs are returned."""
-    current = copy.deepcopy(model)
+    current = copy_model(model)
     ctx = StageContext(original=model, calibration=recipe.calibration, progress=progress,
                        work_dir=work_dir, resume=resume)
     logs = []
     for entry in recipe.stages:
         t0 = time.perf_counter()
+        lazy = current.lazy is not None
+        whole = lazy and not STAGES[entry.name].streams
         with RssPeak() as mem:
+            if whole:  # this stage needs every block at once: the lazy model ends here
+                load_whole(current)
             current, log = STAGES[entry.name].run(current, entry.config, ctx)
         log = as_stage_log(entry.name, log)
         log.wall_s, log.peak_rss_bytes = time.perf_counter() - t0, mem.peak
+        if lazy:
+            log.memory = "whole model (this stage does not work block by block)" if whole else "one block at a time"
         current.log.append(log.to_dict())
         current.path = None
         logs.append(log)
     return current, logs
+
+
+def copy_model(model: Model) -> Model:
+    """A deep copy to compress; a lazily loaded one shares the resident tensors outside its blocks
+    (embeddings, head) with the original until a stage that needs the whole model runs."""
+    if model.lazy is None:
+        return copy.deepcopy(model)
+    from .model.lazy import shared_rest_memo
+    return copy.deepcopy(model, shared_rest_memo(model.module, model.lazy))
+
+
+def load_whole(model: Model) -> None:
+    """Every block of a lazily loaded copy into memory, its own tensors, and no longer lazy."""
+    from .model.lazy import unshare_rest
+    unshare_rest(model.module, model.lazy)
+    model.lazy.load_all(model.module)
+    model.lazy.detach(model.module)
+    model.lazy = None
 
 
 def compress(model: Model, recipe: Recipe, out: str | os.PathLike | None = None,

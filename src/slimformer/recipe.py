@@ -24,6 +24,10 @@ class CalibrationConfig:
     samples: int | None = None
     seq_len: int = 1024
     seed: int = 0
+    dtype: str = "float32"  # block forwards in float32, or bfloat16 (statistics still fp32 / fp64)
+
+
+CALIBRATION_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -212,6 +216,8 @@ def _check_values(recipe: Recipe, where: str) -> None:
         raise RecipeError(f"{where}: calibration needs samples >= 1 and seq_len >= 2")
     if cal.split == "test":
         raise RecipeError(f"{where}: calibration must not use the test split; use validation or train")
+    if cal.dtype not in CALIBRATION_DTYPES:
+        raise RecipeError(f"{where}: calibration dtype {cal.dtype!r} unknown; use {' or '.join(CALIBRATION_DTYPES)}")
     task = recipe.evaluate.task
     harness = task is not None and task.startswith("lm-eval:")
     if task is not None and not harness and task not in TASKS:

@@ -40,9 +40,11 @@ class StageLog:
     calibration: dict | None = None  # CalibrationSet.describe(), when the stage read calibration data
     wall_s: float = 0.0
     peak_rss_bytes: int = 0
+    # a lazily loaded model: "one block at a time", or "whole model" (a stage that cannot stream)
+    memory: str | None = None
 
     DETAIL: ClassVar[tuple[str, ...]] = ()
-    BASE: ClassVar[tuple[str, ...]] = ("stage", "calibration", "wall_s", "peak_rss_bytes")
+    BASE: ClassVar[tuple[str, ...]] = ("stage", "calibration", "wall_s", "peak_rss_bytes", "memory")
 
     def own_fields(self) -> list[tuple[str, object]]:
         """The subclass's fields, in declaration order, with None (not applicable) left out."""
@@ -64,6 +66,8 @@ class StageLog:
             out["calibration"] = dict(self.calibration)
         out.update({k: _plain(v) for k, v in self.own_fields()})
         out.update(wall_s=self.wall_s, peak_rss_bytes=self.peak_rss_bytes)
+        if self.memory is not None:
+            out["memory"] = self.memory
         return out
 
 
@@ -106,14 +110,15 @@ class StageSpec:
     config_cls: type
     run: StageFn
     doc: str = ""
+    streams: bool = False  # works block by block through the engine (a lazily loaded model stays lazy)
 
 
 STAGES: dict[str, StageSpec] = {}
 
 
-def register_stage(name: str, config_cls: type, doc: str = ""):
+def register_stage(name: str, config_cls: type, doc: str = "", streams: bool = False):
     def deco(fn: StageFn) -> StageFn:
-        STAGES[name] = StageSpec(name, config_cls, fn, doc)
+        STAGES[name] = StageSpec(name, config_cls, fn, doc, streams)
         return fn
     return deco
 

@@ -56,9 +56,19 @@ def bench(model: Model, config: BenchConfig | None = None) -> BenchResult:
         torch.set_num_threads(previous)
 
 
+LAZY_NOTE = ("not measured: the model is loaded lazily (blocks read from disk as used), so a timing would "
+             "measure disk reads; load it whole to time it")
+
+
 def _bench(model: Model, cfg: BenchConfig) -> BenchResult:
     t0 = time.perf_counter()
     causal = model.is_causal
+    if model.lazy is not None:  # sizes only
+        return BenchResult(
+            model=model.name, kind=model.kind, params=param_count(model), size_bytes=saved_size(model),
+            weight_bytes=weight_bytes(model), latency=[], decode=None, peak_rss_bytes=0, peak_rss_increase_bytes=0,
+            throughput={"items_per_s": None, "unit": "items/s", "items": 0, "batch": 0, "passes": 0, "data": LAZY_NOTE},
+            threads=torch.get_num_threads(), environment=environment(), wall_s=time.perf_counter() - t0)
     batch_sizes = cfg.batch_sizes or ((1, 4) if causal else (1, 8, 32))
     seq_lens = cfg.seq_lens or ((128, 512) if causal else (32, 128))
     data = cfg.data or ("wikitext2" if causal else "stsb")
@@ -89,8 +99,9 @@ def compare(base: Model, other: Model, config: BenchConfig | None = None) -> Com
 
 
 def ratios(a: BenchResult, b: BenchResult) -> dict:
+    timed = a.throughput["items_per_s"] and b.throughput["items_per_s"]
     out = {
-        "throughput": b.throughput["items_per_s"] / a.throughput["items_per_s"],
+        "throughput": b.throughput["items_per_s"] / a.throughput["items_per_s"] if timed else None,
         "size": b.size_bytes / a.size_bytes,
         "params": b.params / a.params,
         "latency_speedup": {f"b{p.batch}x{p.seq_len}": p.median_ms / q.median_ms

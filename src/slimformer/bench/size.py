@@ -19,6 +19,8 @@ def saved_size(model: Model) -> int:
     """Bytes of the weight files slimformer writes for this model (what a user ships)."""
     if model.runtime != "torch":
         return int(model.source_bytes or 0)
+    if model.lazy is not None:  # writing a model larger than memory to measure it would take minutes
+        return weight_bytes(model)  # from shapes and dtypes (no bitmask packing of pruned weights)
     with tempfile.TemporaryDirectory(prefix="slimformer-size-") as tmp:
         write_folder(model, Path(tmp))
         return sum(p.stat().st_size for p in Path(tmp).rglob("*.safetensors"))

@@ -30,14 +30,19 @@ class CalibrationSet:
     seq_len: int
     tokens: int  # real (non-padding) tokens
     sha256: str
+    dtype: str = "float32"  # the block forwards' compute precision (statistics accumulate in fp32 / fp64)
 
     def describe(self) -> dict:
-        return {"data": self.data, "split": self.split, "samples": self.samples, "seq_len": self.seq_len,
-                "tokens": self.tokens, "sha256": self.sha256}
+        out = {"data": self.data, "split": self.split, "samples": self.samples, "seq_len": self.seq_len,
+               "tokens": self.tokens, "sha256": self.sha256}
+        if self.dtype != "float32":
+            out["dtype"] = self.dtype
+        return out
 
 
 def calibration_set(model: Model, data: str | None = None, split: str | None = None,
-                    samples: int | None = None, seq_len: int = 1024, seed: int = 0) -> CalibrationSet:
+                    samples: int | None = None, seq_len: int = 1024, seed: int = 0,
+                    dtype: str = "float32") -> CalibrationSet:
     d_data, d_split, d_samples = DEFAULT_DATA[model.kind]
     data, split, samples = data or d_data, split or d_split, samples or d_samples
     if split == "test":
@@ -67,4 +72,4 @@ def calibration_set(model: Model, data: str | None = None, split: str | None = N
     for b in batches:
         digest.update(b["input_ids"].numpy().tobytes())
     return CalibrationSet(batches=batches, data=str(data), split=split, samples=samples, seq_len=seq_len,
-                          tokens=tokens, sha256=digest.hexdigest())
+                          tokens=tokens, sha256=digest.hexdigest(), dtype=dtype)

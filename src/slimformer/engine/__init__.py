@@ -1,4 +1,4 @@
-from .sequential import capture_block_inputs, run_sequential
+from .sequential import block_scope, capture_block_inputs, run_sequential
 from .stats import LinearStats, StatsCollector
 
-__all__ = ["LinearStats", "StatsCollector", "capture_block_inputs", "run_sequential"]
+__all__ = ["LinearStats", "StatsCollector", "block_scope", "capture_block_inputs", "run_sequential"]

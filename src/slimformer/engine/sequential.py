@@ -9,10 +9,14 @@
    block's activations are held at a time; side inputs equal for every sample (rotary tables)
    are held once, and freed heap is returned to the OS between blocks and every TRIM_EVERY
    samples (heap.py), so the stage's resident memory follows its live tensors.
+A lazily loaded model (model/lazy.py) has one block resident at a time: the engine holds the
+block across its three steps and commits the rewritten block to disk after (`rewrites=False`
+for a pass that only measures: the block is dropped unchanged).
 Works through the ArchMap only: no per-family code.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -163,39 +167,68 @@ def _run_block(block, sample: _Sample, attention_type: str | None = None) -> tor
     return out[0] if isinstance(out, tuple) else out
 
 
+def compute_precision(model: Model, calib: CalibrationSet):
+    """bfloat16 block forwards (`calibration: {dtype: bfloat16}`) through autocast: matmuls in
+    bf16 (native on CPUs with AVX-512 BF16 / AMX), fp32 weights kept, so the methods rewrite the
+    fp32 weights from statistics that the hooks accumulate in fp32 / fp64 (stats.py)."""
+    if getattr(calib, "dtype", "float32") != "bfloat16":
+        return contextlib.nullcontext()
+    return torch.autocast(model.device.type, dtype=torch.bfloat16)
+
+
+def block_scope(model: Model, blk: BlockMap, rewrites: bool = True):
+    """The block resident while the body runs (a lazily loaded model reads it from disk, and
+    writes it back after if `rewrites`); nothing to do for a model in memory."""
+    if model.lazy is None:
+        return contextlib.nullcontext()
+    return model.lazy.hold(get_module(model.module, blk.name), blk.name, commit=rewrites)
+
+
 def run_sequential(model: Model, calib: CalibrationSet, rewrite: Rewrite, want: set[str],
                    select: Callable[[BlockMap], list[str]] | None = None, progress: bool = True,
-                   desc: str = "blocks") -> list[dict]:
+                   desc: str = "blocks", rewrites: bool = True) -> list[dict]:
     """Run `rewrite` on every block in order; returns the per-block logs."""
     was_training = model.module.training
     model.module.eval()
-    samples = capture_block_inputs(model, calib)
+    with compute_precision(model, calib):
+        samples = capture_block_inputs(model, calib)
+    if model.lazy is not None:
+        model.lazy.release_passing()  # blocks the capture's forward stopped inside
     logs = []
     try:
         for blk in tqdm(model.arch.blocks, desc=desc, disable=not progress, leave=False):
-            release_free_heap()  # the previous block's propagation and rewrite temporaries
-            block = get_module(model.module, blk.name)
-            chosen = set(select(blk) if select else blk.linears)
-            groups = [[n for n in g if n in chosen] for g in blk.input_groups]
-            collector = StatsCollector(model.module, groups, want)
-            try:
-                for i, s in enumerate(samples):
-                    collector.start_sample(s.token_mask)
-                    try:
-                        _run_block(block, s, blk.attention_type)
-                    except PassComplete:
-                        pass
-                    _every(i, TRIM_EVERY, release_free_heap)
-            finally:
-                collector.close()
-            release_free_heap()
-            logs.append(rewrite(model, blk, collector.stats))
-            del collector
-            if blk is model.arch.blocks[-1]:
-                break  # nothing reads the last block's outputs
-            for i, s in enumerate(samples):  # the rewritten block's outputs feed the next block
-                _with_hidden(s, _run_block(block, s, blk.attention_type))
-                _every(i, TRIM_EVERY, release_free_heap)
+            with block_scope(model, blk, rewrites), compute_precision(model, calib):
+                if _step(model, blk, samples, rewrite, want, select, logs):
+                    break
     finally:
         model.module.train(was_training)
     return logs
+
+
+def _step(model: Model, blk: BlockMap, samples: list[_Sample], rewrite: Rewrite, want: set[str],
+          select, logs: list[dict]) -> bool:
+    """Statistics, rewrite and propagation of one block; True after the last block."""
+    release_free_heap()  # the previous block's propagation and rewrite temporaries
+    block = get_module(model.module, blk.name)
+    chosen = set(select(blk) if select else blk.linears)
+    groups = [[n for n in g if n in chosen] for g in blk.input_groups]
+    collector = StatsCollector(model.module, groups, want)
+    try:
+        for i, s in enumerate(samples):
+            collector.start_sample(s.token_mask)
+            try:
+                _run_block(block, s, blk.attention_type)
+            except PassComplete:
+                pass
+            _every(i, TRIM_EVERY, release_free_heap)
+    finally:
+        collector.close()
+    release_free_heap()
+    logs.append(rewrite(model, blk, collector.stats))
+    del collector
+    if blk is model.arch.blocks[-1]:
+        return True  # nothing reads the last block's outputs
+    for i, s in enumerate(samples):  # the rewritten block's outputs feed the next block
+        _with_hidden(s, _run_block(block, s, blk.attention_type))
+        _every(i, TRIM_EVERY, release_free_heap)
+    return False

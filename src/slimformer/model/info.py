@@ -29,6 +29,12 @@ class ModelInfo(_Serialisable):
     uniform: bool  # every block has the same shapes
 
 
+def tensor_key(t) -> int:
+    """What identifies a tensor's storage: its address, or for a tensor on the meta device (a
+    lazily loaded block on disk, where every address is 0) the tensor object."""
+    return id(t) if t.device.type == "meta" else t.data_ptr()
+
+
 def stored_weights(module) -> int:
     """Weights a quantized linear stands for (its codes are buffers, not parameters)."""
     return sum(m.in_features * m.out_features + (m.out_features if m.bias is not None else 0)
@@ -39,9 +45,9 @@ def unique_tensors(model: Model, buffers: bool = False):
     seen = set()
     items = list(model.module.parameters()) + (list(model.module.buffers()) if buffers else [])
     for t in items:
-        if t.data_ptr() in seen:  # tied weights count once
+        if tensor_key(t) in seen:  # tied weights count once
             continue
-        seen.add(t.data_ptr())
+        seen.add(tensor_key(t))
         yield t
 
 
@@ -58,8 +64,8 @@ def _count(model: Model, names) -> tuple[int, set]:
         mod = get_module(model.module, name)
         total += stored_weights(mod)
         for p in mod.parameters():
-            if p.data_ptr() not in seen:
-                seen.add(p.data_ptr())
+            if tensor_key(p) not in seen:
+                seen.add(tensor_key(p))
                 total += p.numel()
     return total, seen
 
@@ -70,7 +76,7 @@ def model_info(model: Model) -> ModelInfo:
     attn, seen_a = _count(model, [n for b in arch.blocks for n in b.attn.linears])
     ffn, seen_f = _count(model, [n for b in arch.blocks for n in b.ffn.linears])
     seen = seen_e | seen_a | seen_f
-    other = sum(p.numel() for p in model.module.parameters() if p.data_ptr() not in seen)
+    other = sum(p.numel() for p in model.module.parameters() if tensor_key(p) not in seen)
     if arch.head is not None:  # a quantized LM head
         other += stored_weights(get_module(model.module, arch.head))
     b0 = arch.blocks[0]

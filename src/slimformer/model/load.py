@@ -19,7 +19,7 @@ from .families import build_arch_map, check_supported, family_of_type, gguf_mode
 from . import sparse_io
 from .model import Model, Pooling
 from .sentence_head import read_dense
-from .save import META_FILE, SPARSE_WEIGHTS
+from .save import META_FILE, SHARDED_WEIGHTS, SPARSE_WEIGHTS, read_sparse_weights
 from .sources import Source, cache_root, require_online, resolve
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
@@ -27,8 +27,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
-def load(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Model:
-    """Load MODEL (alias, HF folder, .gguf file or hub id) in eval mode, with its ArchMap."""
+def load(source: str | os.PathLike, dtype: torch.dtype = torch.float32, lazy: bool = False) -> Model:
+    """Load MODEL (alias, HF folder, .gguf file or hub id) in eval mode, with its ArchMap.
+    lazy: blocks stay on disk until used (lazy.py), for a model larger than memory."""
     src = resolve(str(source))
     if src.kind == "gguf":
         folder = gguf_cache_folder(Path(src.location))
@@ -36,14 +37,14 @@ def load(source: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Model
         folder = _hub_folder(src)
     else:
         folder = Path(src.location)
-    model = load_folder(folder, dtype=dtype)
+    model = load_folder(folder, dtype=dtype, lazy=lazy)
     model.source = src.given
     if src.kind == "gguf":
         model.source_bytes = Path(src.location).stat().st_size
     return model
 
 
-def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
+def load_folder(folder: Path, dtype: torch.dtype = torch.float32, lazy: bool = False) -> Model:
     try:
         cfg = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
@@ -59,8 +60,11 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
     masks: dict = {}
     from .compressed_tensors_io import load_compressed_tensors, quantization_config
     ct = quantization_config(cfg)
+    store = None
     try:
-        if meta.get("weights") == SPARSE_WEIGHTS:
+        if lazy:
+            module, store = _lazy_skeleton(cls, cfg, folder, meta, ct, dtype)
+        elif meta.get("weights") in (SPARSE_WEIGHTS, SHARDED_WEIGHTS):
             module, masks = _load_slimformer_weights(cls, cfg, folder, meta, dtype)
         elif ct is not None:  # llm-compressor / `--format compressed-tensors`: slimformer's own kernels
             del cfg.quantization_config
@@ -72,7 +76,8 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
     except _weight_read_errors() as e:
         raise _weight_error(folder, e) from None
     module.eval()
-    check_finite(module, folder)
+    if store is None:
+        check_finite(module, folder)  # lazily: each tensor as it is read
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as e:
@@ -81,14 +86,66 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32) -> Model:
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # batched LM scoring needs a pad id (masked out)
     arch = build_arch_map(module)
+    if store is not None:
+        try:
+            store.blocks = [b.name for b in arch.blocks]
+            store.install(module)
+        except _weight_read_errors() as e:
+            raise _weight_error(folder, e) from None
     pooling, extra = _sentence_transformers_config(folder)
     weights = [p for pat in ("*.safetensors", "*.bin") for p in folder.glob(pat)]
     model = Model(module=module, tokenizer=tokenizer, arch=arch, source=str(folder), path=folder,
                   pooling=pooling, extra_files=extra, log=list(meta.get("stages", [])), masks=masks,
-                  source_bytes=sum(p.stat().st_size for p in weights))
+                  source_bytes=sum(p.stat().st_size for p in weights), lazy=store)
     if meta.get("modules") or meta.get("quant") or ct is not None:
         link_input_groups(model.module, arch.input_groups)  # runtime links of q/k/v and gate/up
     return model
+
+
+def _lazy_skeleton(cls, cfg, folder: Path, meta: dict, ct, dtype: torch.dtype):
+    """The module on the meta device and the index of its tensors in the folder's safetensors."""
+    from accelerate import init_empty_weights
+    from .lazy import LazyWeights, safetensors_index
+    if meta.get("weights") or ct is not None:
+        raise UnsupportedModelError(f"{folder}: lazy loading reads plain HF folders (dense safetensors); this "
+                                    "one holds compressed weights: load it without --lazy")
+    with init_empty_weights(include_buffers=False):
+        module = cls.from_config(cfg, dtype=dtype)
+    module.tie_weights()  # a tied head is the embeddings' tensor, read once
+    from transformers.pytorch_utils import Conv1D
+    conv = {f"{n}.weight" for n, m in module.named_modules() if isinstance(m, Conv1D)}
+    _normalise_conv1d(module)
+    index = safetensors_index(folder)
+    index = _match_prefix(index, module)
+    tied = _tied_names(module)
+    missing = [k for k, t in module.state_dict(keep_vars=True).items()
+               if t.device.type == "meta" and k not in index and k not in tied]
+    if missing:
+        raise KeyError(f"the weight files do not hold {len(missing)} tensors of the config ({missing[0]}, ...)")
+    store = LazyWeights(index, dtype, [], transposed={k for k in conv if k in index},
+                        spill_root=cache_root() / "spill")
+    return module, store
+
+
+def _match_prefix(index: dict, module) -> dict:
+    """The index under the module's own names: a checkpoint of the bare base model lacks the
+    "model." prefix, one of a task model read as its base model carries it (transformers maps both)."""
+    names, prefix = set(module.state_dict()), getattr(module, "base_model_prefix", "")
+    if not prefix or names & index.keys():
+        return index
+    added = {f"{prefix}.{k}": v for k, v in index.items()}
+    stripped = {k[len(prefix) + 1:]: v for k, v in index.items() if k.startswith(prefix + ".")}
+    return max((added, stripped), key=lambda cand: len(names & cand.keys()))
+
+
+def _tied_names(module) -> set[str]:
+    """State-dict names whose tensor is the same object as an earlier name's (a tied LM head)."""
+    seen, tied = set(), set()
+    for k, t in module.state_dict(keep_vars=True).items():
+        if id(t) in seen:
+            tied.add(k)
+        seen.add(id(t))
+    return tied
 
 
 def _weight_read_errors() -> tuple[type[BaseException], ...]:
@@ -146,10 +203,9 @@ def _slimformer_meta(folder: Path) -> dict:
 
 def _load_slimformer_weights(cls, cfg, folder: Path, meta: dict, dtype: torch.dtype):
     """A folder with pruned weights stored compressed (see save.py / sparse_io.py)."""
-    from safetensors.torch import load_file
     module = cls.from_config(cfg, dtype=dtype)
     _normalise_conv1d(module)  # the file holds the linear [out, in] layout
-    stored = load_file(str(folder / SPARSE_WEIGHTS))
+    stored = read_sparse_weights(folder, meta)
     build_modules(module, _described_modules(meta))  # compressed modules, empty, of the stored form
     if meta.get("trim"):
         from .shapes import apply_shape_map

@@ -42,6 +42,7 @@ class Model:
     masks: MaskStore = field(default_factory=MaskStore)  # linear name -> bool keep-mask, bit-packed
     source_bytes: int | None = None  # size on disk of what was loaded (weight files, or the .gguf)
     runtime: str = "torch"  # "onnxruntime" / "llama.cpp": module is a runtime adapter (runtime/)
+    lazy: object = None  # lazy.LazyWeights when the blocks stay on disk until used (load(lazy=True))
 
     def __post_init__(self):
         if not isinstance(self.masks, MaskStore):  # a plain dict of bool masks (load, tests)

@@ -23,6 +23,7 @@ from .model import Model
 
 META_FILE = "slimformer.json"
 SPARSE_WEIGHTS = "slimformer.safetensors"
+SHARDED_WEIGHTS = "slimformer.safetensors.index.json"  # a lazily loaded model: one shard per block
 
 
 def save(model: Model, out: str | os.PathLike, overwrite: bool = False, dense: bool = False) -> Path:
@@ -58,6 +59,8 @@ def write_tokenizer_files(model: Model, folder: Path) -> None:
 
 
 def _write_dense(model: Model, folder: Path) -> None:
+    if model.lazy is not None:
+        return _write_dense_streamed(model, folder)
     state = model.module.state_dict()
     # GPT-2 Conv1D weights were turned into Linear [out, in] at load; store them as
     # transformers expects ([in, out]) so the folder loads without slimformer.
@@ -66,26 +69,93 @@ def _write_dense(model: Model, folder: Path) -> None:
     model.module.save_pretrained(folder, state_dict=state)
 
 
-def _write_sparse(model: Model, folder: Path) -> dict:
-    tensors, tied, seen = {}, {}, {}
-    state = model.module.state_dict()
-    masked = {f"{n}.weight": n for n in model.masks if f"{n}.weight" in state}
-    for key, t in state.items():
-        if t.data_ptr() in seen and t.numel():  # tied weights are stored once
-            tied[key] = seen[t.data_ptr()]
-            continue
-        seen[t.data_ptr()] = key
-        if key in masked:
-            tensors.update(sparse_io.pack(key, t, model.masks[masked[key]]))
-        else:
-            tensors[key] = t.contiguous()
-    save_file(tensors, str(folder / SPARSE_WEIGHTS), metadata={"format": "pt", "slimformer": sparse_io.FORMAT})
+def _write_dense_streamed(model: Model, folder: Path) -> None:
+    """The standard sharded HF layout (model-0000i-of-0000n.safetensors + index), one block per
+    shard, so plain transformers loads it and only one block is resident while writing."""
+    chunks = _chunk_names(model)
+    weight_map, total = {}, 0
+    for i, (_, state) in enumerate(_state_chunks(model, chunks)):
+        tensors, seen = {}, set()
+        for key, t in state.items():
+            if t.data_ptr() in seen and t.numel():
+                continue  # a tied head: transformers ties it again on loading
+            seen.add(t.data_ptr())
+            name = key[: -len(".weight")] if key.endswith(".weight") else None
+            tensors[key] = (t.t() if name in model.arch.conv1d_transposed else t).contiguous()
+        shard = f"model-{i + 1:05d}-of-{len(chunks):05d}.safetensors"
+        save_file(tensors, str(folder / shard), metadata={"format": "pt"})
+        weight_map.update({k: shard for k in tensors})
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        del state, tensors
+    from ..results import dumps
+    (folder / "model.safetensors.index.json").write_text(
+        dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
     model.module.config.save_pretrained(folder)
     if getattr(model.module, "generation_config", None) is not None and model.module.can_generate():
         model.module.generation_config.save_pretrained(folder)
-    meta = {"weights": SPARSE_WEIGHTS, "layout": "linear",
+
+
+def _write_sparse(model: Model, folder: Path) -> dict:
+    tied, masked, weight_map = {}, set(), {}
+    chunks = list(_chunk_names(model))
+    for i, (label, state) in enumerate(_state_chunks(model, chunks)):
+        tensors, seen = {}, {}  # ties are looked for within a chunk (freed memory is reused after)
+        masks = {f"{n}.weight": n for n in model.masks if f"{n}.weight" in state}
+        for key, t in state.items():
+            if t.data_ptr() in seen and t.numel():  # tied weights are stored once
+                tied[key] = seen[t.data_ptr()]
+                continue
+            seen[t.data_ptr()] = key
+            if key in masks:
+                tensors.update(sparse_io.pack(key, t, model.masks[masks[key]]))
+                masked.add(key)
+            else:
+                tensors[key] = t.contiguous()
+        name = SPARSE_WEIGHTS if len(chunks) == 1 else f"slimformer-{i + 1:05d}-of-{len(chunks):05d}.safetensors"
+        save_file(tensors, str(folder / name), metadata={"format": "pt", "slimformer": sparse_io.FORMAT})
+        weight_map.update({k: name for k in tensors})
+        del state, tensors
+    if len(chunks) > 1:
+        from ..results import dumps
+        (folder / SHARDED_WEIGHTS).write_text(dumps({"metadata": {"format": sparse_io.FORMAT},
+                                                     "weight_map": weight_map}, indent=2) + "\n")
+    model.module.config.save_pretrained(folder)
+    if getattr(model.module, "generation_config", None) is not None and model.module.can_generate():
+        model.module.generation_config.save_pretrained(folder)
+    meta = {"weights": SPARSE_WEIGHTS if len(chunks) == 1 else SHARDED_WEIGHTS, "layout": "linear",
             "sparse": {"format": sparse_io.FORMAT, "tensors": sorted(masked)}, "tied": tied}
     meta["modules"] = describe_modules(model.module)  # quantized, low-rank: rebuilt empty at load
     from .shapes import shape_map
     meta["trim"] = shape_map(model)  # head counts the config cannot hold
     return meta
+
+
+def _chunk_names(model: Model) -> list[str | None]:
+    """What is written together: the whole state in memory; lazily, the tensors outside the
+    blocks (None) and then one block at a time, so only one block is ever resident."""
+    return [None] + list(model.lazy.blocks) if model.lazy is not None else [None]
+
+
+def _state_chunks(model: Model, chunks: list[str | None]):
+    if model.lazy is None:
+        yield None, model.module.state_dict()
+        return
+    lazy = model.lazy
+    yield None, {k: v for k, v in model.module.state_dict().items() if not lazy._in_block(k)}
+    for name in chunks[1:]:
+        block = model.module.get_submodule(name)
+        with lazy.hold(block, name):
+            yield name, {f"{name}.{k}": v for k, v in block.state_dict().items()}
+
+
+def read_sparse_weights(folder: Path, meta: dict) -> dict:
+    """The tensors of a folder written by _write_sparse (one file, or shards with an index)."""
+    from safetensors.torch import load_file
+    if meta.get("weights") != SHARDED_WEIGHTS:
+        return load_file(str(folder / SPARSE_WEIGHTS))
+    import json
+    files = sorted(set(json.loads((folder / SHARDED_WEIGHTS).read_text())["weight_map"].values()))
+    stored = {}
+    for f in files:
+        stored.update(load_file(str(folder / f)))
+    return stored

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.calibration import calibration_set
-from ..engine import run_sequential
+from ..engine import block_scope, run_sequential
 from ..engine.hessian import inverse_cholesky
 from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module
@@ -133,7 +133,8 @@ def prune_model(model: Model, cfg: PruneConfig, calibration: dict | None = None,
 
     if cfg.method == "magnitude":
         for blk in blocks:
-            prune_block(model, blk, None)
+            with block_scope(model, blk):
+                prune_block(model, blk, None)
     else:
         want = {"hessian"} if cfg.method == "sparsegpt" else {"norms"}
         run_sequential(model, calib, prune_block, want, select=lambda b: _selected(cfg, b),
@@ -157,12 +158,12 @@ def _owl(model: Model, cfg: PruneConfig, calib, target: float, progress: bool) -
         return {}
 
     run_sequential(model, calib, measure, {"norms"}, select=lambda b: _selected(cfg, b),
-                   progress=progress, desc="OWL outliers")
+                   progress=progress, desc="OWL outliers", rewrites=False)
     return owl_sparsities(lod, target, cfg.owl_lambda)
 
 
 @register_stage("prune", PruneConfig, doc="zero individual weights: magnitude, Wanda, SparseGPT; "
-                "unstructured or N:M; uniform or OWL per-layer sparsity")
+                "unstructured or N:M; uniform or OWL per-layer sparsity", streams=True)
 def run(model: Model, cfg: PruneConfig, ctx) -> tuple[Model, PruneLog]:
     log = prune_model(model, cfg, ctx.calibration_kwargs(), progress=ctx.progress)
     return model, log

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..data.calibration import calibration_set
-from ..engine import run_sequential
+from ..engine import block_scope, run_sequential
 from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module, set_module
 from ..nn.input_groups import link_input_groups
@@ -191,7 +191,8 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
                        progress=progress, desc=f"quantize {cfg.method}")
     else:
         for blk in model.arch.blocks:
-            rewrite(model, blk, None)
+            with block_scope(model, blk):
+                rewrite(model, blk, None)
     if cfg.lm_head and model.arch.head is not None:
         _quantize_head(model, cfg, kernels)
     elif cfg.lm_head:
@@ -222,7 +223,7 @@ def _quantize_head(model: Model, cfg: QuantizeConfig, kernels: Counter) -> None:
 
 
 @register_stage("quantize", QuantizeConfig, doc="int8 / int4 / int3 weights (RTN, GPTQ, AWQ) and int8 "
-                "activations (dynamic per token, or static with SmoothQuant), on integer kernels")
+                "activations (dynamic per token, or static with SmoothQuant), on integer kernels", streams=True)
 def run(model: Model, cfg: QuantizeConfig, ctx) -> tuple[Model, QuantizeLog]:
     log = quantize_model(model, cfg, ctx.calibration_kwargs(), progress=ctx.progress)
     return model, log

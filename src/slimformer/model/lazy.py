@@ -1,0 +1,254 @@
+"""Lazy weights: a module skeleton on the meta device whose blocks are read from disk when used.
+
+slimformer's stages work one block at a time (engine/sequential.py), so a model far larger than
+memory can be compressed if only the block being worked on is resident. `load(..., lazy=True)`
+builds the module with every parameter on the meta device (accelerate's init_empty_weights;
+buffers such as rotary tables stay real), memory-maps the safetensors files, and reads:
+- the tensors outside the blocks (embeddings, final norm, head) at once, kept resident: their
+  size does not grow with depth, and a compressed copy shares them with the original;
+- a block's tensors when the block is used: a forward pre-hook reads them and a forward hook
+  drops them again (an evaluation streams the model through memory), and the engine `hold`s a
+  block across its statistics pass, rewrite and propagation, then `commit`s it: the rewritten
+  tensors (quantized codes, pruned weights) go to a spill file and leave memory.
+
+The index maps each tensor name to the file and key it is read from: the source's safetensors
+at first, a block's spill file once a stage rewrote it. Source tensors are cast to the load dtype
+and checked finite when read; spilled ones are read back exactly as written.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CorruptModelError, ModelNotFoundError
+
+PASSING, HELD = "passing", "held"
+
+
+def safetensors_index(folder: Path, stem: str = "model") -> dict[str, tuple[str, str]]:
+    """tensor name -> (file, key) for `stem.safetensors` or a sharded `stem.safetensors.index.json`."""
+    from safetensors import safe_open
+    single, sharded = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
+    if sharded.is_file():
+        weight_map = json.loads(sharded.read_text())["weight_map"]
+        return {k: (str(folder / f), k) for k, f in weight_map.items()}
+    if single.is_file():
+        with safe_open(str(single), framework="pt") as f:
+            return {k: (str(single), k) for k in f.keys()}
+    raise ModelNotFoundError(f"{folder}: lazy loading reads safetensors weights ({single.name} or "
+                             f"{sharded.name}), and there are none; convert the weights to safetensors "
+                             "or load without --lazy")
+
+
+class LazyWeights:
+    """Where every tensor of one lazily loaded module lives, and which blocks are resident."""
+
+    def __init__(self, index: dict[str, tuple[str, str]], dtype: torch.dtype, blocks: list[str],
+                 transposed: set[str] | None = None, spill_root: Path | None = None):
+        self.index = dict(index)
+        self.dtype = dtype
+        self.blocks = list(blocks)
+        self.transposed = set(transposed or ())  # GPT-2 Conv1D weights: stored [in, out]
+        self.spilled: set[str] = set()  # names read back exactly (written by commit)
+        self.spill_root = spill_root
+        self._spill_dir: Path | None = None
+        self._files: dict[str, object] = {}
+        self.resident: dict[str, str] = {}  # block name -> PASSING | HELD
+        self._modules: dict[str, weakref.ref] = {}
+
+    # -- reading and placing tensors -------------------------------------------------------
+    def _open(self, path: str):
+        from safetensors import safe_open
+        handle = self._files.get(path)
+        if handle is None:
+            handle = self._files[path] = safe_open(path, framework="pt")
+        return handle
+
+    def read(self, name: str) -> torch.Tensor:
+        path, key = self.index[name]
+        t = self._open(path).get_tensor(key)
+        if name in self.spilled:
+            return t
+        if name in self.transposed:
+            t = t.t().contiguous()
+        if t.is_floating_point():
+            t = t.to(self.dtype)
+            if not torch.isfinite(t.sum()) and not bool(torch.isfinite(t).all()):
+                raise CorruptModelError(f"{path}: tensor {key} holds NaN or inf values; the file is corrupt "
+                                        "or its training diverged: download it again or use an earlier checkpoint")
+        return t
+
+    def _stored_names(self, module: nn.Module, prefix: str) -> list[str]:
+        """The module's persistent tensors (what a state_dict holds), by full name."""
+        return [f"{prefix}.{k}" if prefix else k for k in module.state_dict(keep_vars=True)]
+
+    def materialise(self, module: nn.Module, prefix: str, state: str = HELD) -> None:
+        """Read every meta tensor of `module` (named `prefix`) from the index."""
+        for full in self._stored_names(module, prefix):
+            local = full[len(prefix) + 1:] if prefix else full
+            if _get(module, local).device.type != "meta" or full not in self.index:
+                continue  # already real, or tied to a tensor read under another name
+            _set(module, local, self.read(full))
+        for m in module.modules():  # kernels packed from the old tensors are stale
+            if hasattr(m, "_cache"):
+                m._cache = {}
+            if getattr(m, "_group", None) is not None:
+                m._group.reset()
+        if prefix in self.blocks:
+            self.resident[prefix] = state
+            self._modules[prefix] = weakref.ref(module)
+
+    def release(self, module: nn.Module, prefix: str) -> None:
+        """Drop the block's tensors back to the meta device (they stay readable from the index)."""
+        for full in self._stored_names(module, prefix):
+            local = full[len(prefix) + 1:]
+            t = _get(module, local)
+            if full in self.index and t.device.type != "meta":
+                _set(module, local, torch.empty_like(t, device="meta"))
+        self.resident.pop(prefix, None)
+        self._modules.pop(prefix, None)
+
+    def commit(self, module: nn.Module, prefix: str) -> None:
+        """Write the block's tensors as they are now (a stage rewrote them) to its spill file and
+        point the index there; then release it."""
+        from safetensors.torch import save_file
+        state = {f"{prefix}.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
+        for old in [n for n in self.index if n.startswith(prefix + ".") and n not in state]:
+            del self.index[old]  # e.g. a weight that became a quantized layer's codes
+        path = self.spill_dir() / f"{prefix}.safetensors"
+        self._files.pop(str(path), None)  # a block committed twice (two stages) is rewritten
+        save_file(state, str(path))
+        for name in state:
+            self.index[name] = (str(path), name)
+            self.spilled.add(name)
+            self.transposed.discard(name)
+        self.release(module, prefix)
+
+    def spill_dir(self) -> Path:
+        if self._spill_dir is None:
+            root = self.spill_root
+            if root is not None:
+                root.mkdir(parents=True, exist_ok=True)
+            self._spill_dir = Path(tempfile.mkdtemp(prefix="slimformer-spill-", dir=root))
+            weakref.finalize(self, shutil.rmtree, str(self._spill_dir), True)
+        return self._spill_dir
+
+    # -- use by the engine and by plain forwards ---------------------------------------------
+    @contextlib.contextmanager
+    def hold(self, module: nn.Module, prefix: str, commit: bool = False):
+        """The block resident for the duration; written to its spill file after if `commit`."""
+        self.materialise(module, prefix, HELD)
+        try:
+            yield
+        finally:
+            if commit:
+                self.commit(module, prefix)
+            else:
+                self.release(module, prefix)
+
+    def release_passing(self) -> None:
+        """Blocks a forward read and did not finish (an exception stopped it) leave memory."""
+        for name, state in list(self.resident.items()):
+            mod = self._modules[name]()
+            if state == PASSING and mod is not None:
+                self.release(mod, name)
+
+    def install(self, root: nn.Module) -> None:
+        """Stream every block through memory on its forward; read everything else now."""
+        for name in self.blocks:
+            block = root.get_submodule(name)
+            hook = _Stream(self, name)
+            block.register_forward_pre_hook(hook.enter)
+            block.register_forward_hook(hook.leave)
+        self.materialise_rest(root)
+
+    def materialise_rest(self, root: nn.Module) -> None:
+        for name, t in list(root.state_dict(keep_vars=True).items()):
+            if t.device.type == "meta" and name in self.index and not self._in_block(name):
+                _set(root, name, self.read(name))
+        if hasattr(root, "tie_weights"):
+            root.tie_weights()  # a tied head reads the embeddings just read
+
+    def load_all(self, root: nn.Module) -> None:
+        """Every block resident for good (a stage that needs the whole model)."""
+        for name in self.blocks:
+            self.materialise(root.get_submodule(name), name, HELD)
+
+    def detach(self, root: nn.Module) -> None:
+        """Remove the streaming hooks (after load_all, the module is an ordinary one)."""
+        for name in self.blocks:
+            block = root.get_submodule(name)
+            for hooks in (block._forward_pre_hooks, block._forward_hooks):
+                for key, fn in list(hooks.items()):
+                    if isinstance(getattr(fn, "__self__", None), _Stream):
+                        del hooks[key]
+
+    def _in_block(self, name: str) -> bool:
+        return any(name.startswith(b + ".") for b in self.blocks)
+
+    def resident_bytes(self, root: nn.Module) -> int:
+        return sum(t.numel() * t.element_size() for t in root.state_dict(keep_vars=True).values()
+                   if t.device.type != "meta")
+
+    def __deepcopy__(self, memo):
+        """A copy reads the same source files; what it commits goes to its own spill folder."""
+        new = LazyWeights(self.index, self.dtype, self.blocks, self.transposed, self.spill_root)
+        new.spilled = set(self.spilled)
+        memo[id(self)] = new
+        return new
+
+
+class _Stream:
+    """Forward hooks of one block: read it before its forward, drop it after, unless held."""
+
+    def __init__(self, store: LazyWeights, name: str):
+        self.store, self.name = store, name
+
+    def enter(self, module, args):
+        if self.name not in self.store.resident:
+            self.store.materialise(module, self.name, PASSING)
+
+    def leave(self, module, args, output):
+        if self.store.resident.get(self.name) == PASSING:
+            self.store.release(module, self.name)
+
+
+def shared_rest_memo(module: nn.Module, store: LazyWeights) -> dict:
+    """A deepcopy memo under which a copy shares the resident tensors outside the blocks (the
+    embeddings and head of a 7B model are 1 GB in fp32) instead of duplicating them."""
+    return {id(t): t for name, t in module.state_dict(keep_vars=True).items()
+            if t.device.type != "meta" and not store._in_block(name)}
+
+
+def unshare_rest(module: nn.Module, store: LazyWeights) -> None:
+    """Give a copy its own tensors outside the blocks before a stage may change them in place."""
+    seen: dict[int, torch.Tensor] = {}
+    for name, t in list(module.state_dict(keep_vars=True).items()):
+        if t.device.type == "meta" or store._in_block(name):
+            continue
+        if id(t) not in seen:
+            seen[id(t)] = t.detach().clone()
+        _set(module, name, seen[id(t)])
+
+
+def _get(module: nn.Module, name: str) -> torch.Tensor:
+    mod_name, _, leaf = name.rpartition(".")
+    sub = module.get_submodule(mod_name) if mod_name else module
+    return sub._parameters[leaf] if leaf in sub._parameters else sub._buffers[leaf]
+
+
+def _set(module: nn.Module, name: str, t: torch.Tensor) -> None:
+    mod_name, _, leaf = name.rpartition(".")
+    sub = module.get_submodule(mod_name) if mod_name else module
+    if leaf in sub._parameters:
+        old = sub._parameters[leaf]
+        sub._parameters[leaf] = nn.Parameter(t, requires_grad=old.requires_grad if old is not None else False)
+    else:
+        sub._buffers[leaf] = t

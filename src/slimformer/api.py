@@ -17,9 +17,11 @@ from .results import BenchResult, Comparison, EvalResult, ExportResult
 BenchConfig = _bench.BenchConfig
 
 
-def load(source: str | os.PathLike | Model, dtype: torch.dtype = torch.float32) -> Model:
-    """An alias (minilm, smollm2), an HF folder, a .gguf file or a hub id, loaded with its ArchMap."""
-    return source if isinstance(source, Model) else _load(source, dtype=dtype)
+def load(source: str | os.PathLike | Model, dtype: torch.dtype = torch.float32, lazy: bool | str = False) -> Model:
+    """An alias (minilm, smollm2), an HF folder, a .gguf file or a hub id, loaded with its ArchMap.
+    lazy=True keeps the blocks on disk until used (a model larger than memory); "auto" decides
+    from the model's size and the memory available."""
+    return source if isinstance(source, Model) else _load(source, dtype=dtype, lazy=lazy)
 
 
 def info(model: str | Model) -> ModelInfo:
@@ -69,14 +71,15 @@ def _model_of_output(source: str | os.PathLike) -> str | os.PathLike:
 
 def compress(model: str | Model, recipe: str | os.PathLike | dict | Recipe | None = None,
              out: str | os.PathLike | None = None, overwrite: bool = False,
-             progress: bool = True, resume: bool = False) -> _compress.CompressResult:
+             progress: bool = True, resume: bool = False, lazy: bool | str = "auto") -> _compress.CompressResult:
     """Run a recipe's stages, evaluate and bench against the original, write `out` if given.
-    `resume` continues an interrupted recover stage from its checkpoints in `<out>.recover`."""
+    `resume` continues an interrupted recover stage from its checkpoints in `<out>.recover`.
+    `lazy` (see load): blocks read from disk as the stages reach them, for a model larger than memory."""
     if isinstance(recipe, dict):
         recipe = parse_recipe(recipe)
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
-    return _compress.compress(load(model), recipe, out=out, overwrite=overwrite, progress=progress,
+    return _compress.compress(load(model, lazy=lazy), recipe, out=out, overwrite=overwrite, progress=progress,
                               resume=resume)
 
 

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--resume", action="store_true", help="continue an interrupted recover stage from its "
                    "checkpoint in OUT.recover (same recipe and model)")
+    s.add_argument("--lazy", choices=["auto", "yes", "no"], default="auto",
+                   help="read the model's blocks from disk as the stages reach them (a model larger than memory); "
+                        "auto (default): when its fp32 weights exceed half the memory available")
 
     s = sub.add_parser("tune", help="search trim / quantize / recover for the fastest model within a quality budget")
     s.add_argument("model", help=model_help)
@@ -195,7 +198,8 @@ def cmd_compress(args) -> int:
     recipe = load_recipe(args.recipe)  # validated before the model is loaded
     if Path(args.out).exists() and not args.overwrite:
         raise SlimformerError(f"{args.out} already exists; choose another --out or pass --overwrite")
-    r = api.compress(args.model, recipe, out=args.out, overwrite=args.overwrite, resume=args.resume)
+    lazy = {"auto": "auto", "yes": True, "no": False}[args.lazy]
+    r = api.compress(args.model, recipe, out=args.out, overwrite=args.overwrite, resume=args.resume, lazy=lazy)
     if not r.quality:  # a non-main process of a multi-process launch
         return 0
     for note in r.notes:

@@ -126,6 +126,9 @@ def finish(model: Model, compressed: Model, logs: list[StageLog], recipe: Recipe
     if on_task:
         notes.append(f"Recovery chose its checkpoint on a task score ({on_task[-1].metric}), not on fidelity to the "
                      "original: quality on that task's data is optimistic, and on other data it may drop more.")
+    if model.lazy is not None:
+        notes.append("LAZY: the model was loaded lazily (its blocks read from disk as used: a model larger than "
+                     "memory), so speed was not timed; sizes are from the tensors' shapes and types.")
     if not is_main_process():
         return CompressResult(model=model.name, recipe=recipe.to_dict(), stages=logs, quality={}, fidelity=None,
                               speed={}, notes=["not the main process: evaluation and output skipped"])

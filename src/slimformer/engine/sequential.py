@@ -154,7 +154,12 @@ def _with_hidden(sample: _Sample, hidden: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def _run_block(block, sample: _Sample, attention_type: str | None = None) -> torch.Tensor:
+def _run_block(block, sample: _Sample, attention_type: str | None = None, precision=None) -> torch.Tensor:
+    with precision or contextlib.nullcontext():
+        return _forward_block(block, sample, attention_type)
+
+
+def _forward_block(block, sample: _Sample, attention_type: str | None) -> torch.Tensor:
     if attention_type in sample.side:
         args, kwargs = sample.side[attention_type]
         hidden = _hidden(sample)
@@ -197,8 +202,8 @@ def run_sequential(model: Model, calib: CalibrationSet, rewrite: Rewrite, want: 
     logs = []
     try:
         for blk in tqdm(model.arch.blocks, desc=desc, disable=not progress, leave=False):
-            with block_scope(model, blk, rewrites), compute_precision(model, calib):
-                if _step(model, blk, samples, rewrite, want, select, logs):
+            with block_scope(model, blk, rewrites):
+                if _step(model, blk, samples, rewrite, want, select, logs, calib):
                     break
     finally:
         model.module.train(was_training)
@@ -206,8 +211,9 @@ def run_sequential(model: Model, calib: CalibrationSet, rewrite: Rewrite, want: 
 
 
 def _step(model: Model, blk: BlockMap, samples: list[_Sample], rewrite: Rewrite, want: set[str],
-          select, logs: list[dict]) -> bool:
-    """Statistics, rewrite and propagation of one block; True after the last block."""
+          select, logs: list[dict], calib: CalibrationSet) -> bool:
+    """Statistics, rewrite and propagation of one block; True after the last block. Only the block
+    forwards run in the calibration precision: the rewrite (GPTQ's solve, say) runs in fp32 / fp64."""
     release_free_heap()  # the previous block's propagation and rewrite temporaries
     block = get_module(model.module, blk.name)
     chosen = set(select(blk) if select else blk.linears)
@@ -217,7 +223,7 @@ def _step(model: Model, blk: BlockMap, samples: list[_Sample], rewrite: Rewrite,
         for i, s in enumerate(samples):
             collector.start_sample(s.token_mask)
             try:
-                _run_block(block, s, blk.attention_type)
+                _run_block(block, s, blk.attention_type, compute_precision(model, calib))
             except PassComplete:
                 pass
             _every(i, TRIM_EVERY, release_free_heap)
@@ -229,6 +235,6 @@ def _step(model: Model, blk: BlockMap, samples: list[_Sample], rewrite: Rewrite,
     if blk is model.arch.blocks[-1]:
         return True  # nothing reads the last block's outputs
     for i, s in enumerate(samples):  # the rewritten block's outputs feed the next block
-        _with_hidden(s, _run_block(block, s, blk.attention_type))
+        _with_hidden(s, _run_block(block, s, blk.attention_type, compute_precision(model, calib)))
         _every(i, TRIM_EVERY, release_free_heap)
     return False

@@ -50,6 +50,11 @@ class LinearStats:
     token_mask: torch.Tensor | None = field(default=None, repr=False)  # set by the engine per sample
 
     def update(self, x: torch.Tensor) -> None:
+        # statistics in fp32 / fp64 even when the block runs under bf16 autocast (calibration dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            self._update(x)
+
+    def _update(self, x: torch.Tensor) -> None:
         x = x.detach()
         if self.token_mask is not None:
             x = x[self.token_mask]

@@ -27,9 +27,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
-def load(source: str | os.PathLike, dtype: torch.dtype = torch.float32, lazy: bool = False) -> Model:
+def load(source: str | os.PathLike, dtype: torch.dtype = torch.float32, lazy: bool | str = False) -> Model:
     """Load MODEL (alias, HF folder, .gguf file or hub id) in eval mode, with its ArchMap.
-    lazy: blocks stay on disk until used (lazy.py), for a model larger than memory."""
+    lazy: blocks stay on disk until used (lazy.py), for a model larger than memory; "auto": lazily
+    when the model in `dtype` would take more than half of the memory available now."""
     src = resolve(str(source))
     if src.kind == "gguf":
         folder = gguf_cache_folder(Path(src.location))
@@ -37,7 +38,9 @@ def load(source: str | os.PathLike, dtype: torch.dtype = torch.float32, lazy: bo
         folder = _hub_folder(src)
     else:
         folder = Path(src.location)
-    model = load_folder(folder, dtype=dtype, lazy=lazy)
+    if lazy == "auto":
+        lazy = larger_than_memory(folder, dtype)
+    model = load_folder(folder, dtype=dtype, lazy=bool(lazy))
     model.source = src.given
     if src.kind == "gguf":
         model.source_bytes = Path(src.location).stat().st_size
@@ -100,6 +103,28 @@ def load_folder(folder: Path, dtype: torch.dtype = torch.float32, lazy: bool = F
     if meta.get("modules") or meta.get("quant") or ct is not None:
         link_input_groups(model.module, arch.input_groups)  # runtime links of q/k/v and gate/up
     return model
+
+
+def larger_than_memory(folder: Path, dtype: torch.dtype = torch.float32, fraction: float = 0.5) -> bool:
+    """Whether a plain safetensors folder's weights in `dtype` exceed `fraction` of available memory."""
+    import psutil
+    from safetensors import safe_open
+    from .lazy import safetensors_index
+    if (folder / META_FILE).is_file():
+        return False  # a slimformer folder: compressed, read whole
+    try:
+        index = safetensors_index(folder)
+    except ModelNotFoundError:
+        return False
+    numel = 0
+    for path in sorted({p for p, _ in index.values()}):
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= d
+                numel += n
+    return numel * torch.finfo(dtype).bits // 8 > fraction * psutil.virtual_memory().available
 
 
 def _lazy_skeleton(cls, cfg, folder: Path, meta: dict, ct, dtype: torch.dtype):
@@ -307,12 +332,15 @@ def gguf_cache_folder(gguf_path: Path) -> Path:
         tok = build_tokenizer(gguf_path)  # from the file's own vocabulary (gguf_tokenizer.py says why)
         cfg = AutoConfig.from_pretrained(gguf_path.parent, **kw)
         _header_facts_into(cfg, header)
-        module = AutoModelForCausalLM.from_pretrained(gguf_path.parent, config=cfg, dtype=torch.float32, **kw)
-        # The weights are plain fp32 now; drop the GGUF marker so the folder loads as such.
-        if hasattr(module.config, "quantization_config"):
-            del module.config.quantization_config
-        module.hf_quantizer = None
-        module.save_pretrained(tmp)
+        # The weights will be plain fp32; no GGUF marker, so the folder loads as such.
+        if hasattr(cfg, "quantization_config"):
+            del cfg.quantization_config
+        from .gguf_dequant import dequantize_gguf
+        dequantize_gguf(gguf_path, cfg, tmp)  # tensor by tensor: never the whole model in memory
+        cfg.dtype = torch.float32
+        cfg.save_pretrained(tmp)
+        from transformers import GenerationConfig
+        GenerationConfig.from_model_config(cfg).save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "SOURCE.txt").write_text(f"dequantized from {gguf_path} by slimformer\n")
     return folder

@@ -84,6 +84,8 @@ def plot(result, path: Path) -> None:
     import matplotlib.pyplot as plt
     q0, q1 = result.quality["original"], result.quality["compressed"]
     speed = result.speed["ratios"]["throughput"]
+    if speed is None:  # not timed (a lazily loaded model): quality only, at 1.0
+        speed = 1.0
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
     ax.scatter([1.0], [q0["value"]], label="original", marker="o", s=60)
     ax.scatter([speed], [q1["value"]], label="compressed", marker="*", s=120)

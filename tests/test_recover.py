@@ -341,24 +341,69 @@ def test_resume_after_a_kill_reaches_the_same_weights(tiny_dir, tmp_path):
         assert torch.equal(a["state"][k], b["state"][k]), k
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun not installed")
-def test_two_gloo_processes_match_one_process(tiny_dir, tmp_path):
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+needs_torchrun = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
+
+
+@needs_torchrun
+@pytest.mark.parametrize("parallel,port", [("ddp", 29517), ("fsdp", 29518)])
+def test_two_gloo_processes_match_one_process(tiny_dir, tmp_path, parallel, port):
     model = str(tiny_dir["llama"])
     one = _worker([model, str(tmp_path / "one.pt"), "--checkpoints", str(tmp_path / "c1")])
     assert one.wait(300) == 0, one.stdout.read().decode()[-2000:]
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    two = _worker([model, str(tmp_path / "two.pt"), "--checkpoints", str(tmp_path / "c2")],
-                  launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29517"])
+    two = _worker([model, str(tmp_path / "two.pt"), "--checkpoints", str(tmp_path / "c2"), "--parallel", parallel],
+                  launcher=[TORCHRUN, "--nproc_per_node", "2", "--master_port", str(port)])
     out = two.wait(300), two.stdout.read().decode()
     assert out[0] == 0, out[1][-3000:]
     a, b = torch.load(tmp_path / "one.pt", weights_only=True), torch.load(tmp_path / "two.pt", weights_only=True)
     assert (a["world"], b["world"], b["backend"]) == (1, 2, "gloo")
     for k in a["state"]:
-        # same global batch, gradients averaged by DDP over gloo: equal up to float summation order
+        # same global batch, gradients averaged over gloo (DDP all-reduce, or FSDP's reduce-scatter
+        # of sharded gradients and AdamW on the shards): equal up to float summation order
         assert torch.allclose(a["state"][k], b["state"][k], rtol=1e-4, atol=1e-6), k
+    for name, keep in b["masks"].items():  # pruned positions stayed zero on the shards
+        assert not b["state"][f"{name}.weight"][~keep.bool()].any(), name
     trained = load_file_state(tiny_dir["llama"])
     assert any(not torch.equal(a["state"][k], trained[k]) for k in trained if k in a["state"])
+
+
+@needs_torchrun
+def test_fsdp_resume_after_a_kill_reaches_the_same_weights(tiny_dir, tmp_path):
+    """Checkpoints under FSDP hold the gathered weights and optimizer state; a resumed run scatters
+    them again and ends where an uninterrupted one does."""
+    model = str(tiny_dir["llama"])
+    launch = lambda port: [TORCHRUN, "--nproc_per_node", "2", "--master_port", str(port)]  # noqa: E731
+    common = ["--steps", "12", "--parallel", "fsdp"]
+    full = _worker([model, str(tmp_path / "full.pt"), "--checkpoints", str(tmp_path / "a"), *common],
+                   launcher=launch(29519))
+    assert full.wait(300) == 0, full.stdout.read().decode()[-2000:]
+    ck = tmp_path / "b"
+    run = _worker([model, str(tmp_path / "x.pt"), "--checkpoints", str(ck), "--slow", "0.5", *common],
+                  launcher=launch(29520))
+    deadline = time.time() + 300
+    while not (ck / "last.pt").exists() and time.time() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    import psutil
+    for proc in [psutil.Process(run.pid), *psutil.Process(run.pid).children(recursive=True)]:
+        proc.kill()  # torchrun and both workers, at once
+    run.wait(60)
+    assert not (tmp_path / "x.pt").exists()
+    killed_at = torch.load(ck / "last.pt", weights_only=True)["step"]
+    assert 0 < killed_at < 12
+    resumed = _worker([model, str(tmp_path / "resumed.pt"), "--checkpoints", str(ck), "--resume", *common],
+                      launcher=launch(29521))
+    assert resumed.wait(300) == 0, resumed.stdout.read().decode()[-2000:]
+    a, b = torch.load(tmp_path / "full.pt", weights_only=True), torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert b["log"]["resumed_from"] == killed_at and b["log"]["steps"] == 12
+    for k in a["state"]:
+        assert torch.allclose(a["state"][k], b["state"][k], rtol=1e-5, atol=1e-7), k
+
+
+def test_fsdp_refuses_what_it_does_not_shard():
+    with pytest.raises(RecipeError, match="parallel: fsdp trains the model's own weights"):
+        parse_recipe({"stages": [{"recover": {"parallel": "fsdp", "lora": 8}}]})
+    with pytest.raises(RecipeError, match="recover parallel must be ddp or fsdp"):
+        parse_recipe({"stages": [{"recover": {"parallel": "zero3"}}]})
 
 
 # ---- recipe and compress ---------------------------------------------------------------------------

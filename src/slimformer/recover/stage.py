@@ -24,6 +24,7 @@ from .trainer import TrainPlan, train
 
 TRAIN = ("blocks", "all")
 PRECISIONS = ("fp32", "bf16")
+PARALLEL = ("ddp", "fsdp")
 DEFAULTS = {  # by model kind: (batch_size, micro_batch, seq_len, holdout, eval)
     # encoders: micro-batches of 8 texts of similar length (trainer), since the mixture holds
     # paragraphs of up to seq_len tokens beside short sentences
@@ -75,6 +76,7 @@ class RecoverConfig:
     prune_every: int = 20  # steps between mask updates
     prune_ignore: list = field(default_factory=list)  # regexes of linears gradual pruning leaves dense
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    parallel: str = "ddp"  # several processes (accelerate launch / torchrun): ddp, or fsdp (sharded; fsdp.py)
     dropout: bool = False  # train with the model's dropout on (off: deterministic, resumable bit for bit)
     seed: int = 0
     checkpoint_dir: str | None = None  # default: beside the output folder (<out>.recover)
@@ -106,6 +108,11 @@ class RecoverConfig:
             raise ConfigValueError(f"recover train must be {' or '.join(TRAIN)} (got {self.train!r})")
         if self.precision not in PRECISIONS:
             raise ConfigValueError(f"recover precision must be {' or '.join(PRECISIONS)} (got {self.precision!r})")
+        if self.parallel not in PARALLEL:
+            raise ConfigValueError(f"recover parallel must be {' or '.join(PARALLEL)} (got {self.parallel!r})")
+        if self.parallel == "fsdp" and (self.prune_to is not None or self.lora):
+            raise ConfigValueError("recover parallel: fsdp trains the model's own weights without gradual pruning; "
+                                   "use parallel: ddp with prune_to or lora")
         if self.prune_to is not None:
             if not 0 < self.prune_to < 1:
                 raise ConfigValueError(f"recover prune_to must be in (0, 1) (got {self.prune_to})")
@@ -213,7 +220,8 @@ def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | 
         clip=cfg.clip, eval_every=cfg.eval_every, save_every=cfg.save_every, patience=cfg.patience,
         seed=cfg.seed, losses=cfg.loss_weights(),
         fingerprint=_fingerprint(model, cfg, data), precision=cfg.precision, gradual=gradual,
-        restore_best=cfg.restore_best, dropout=cfg.dropout,
+        restore_best=cfg.restore_best, dropout=cfg.dropout, parallel=cfg.parallel,
+        blocks=tuple(b.name for b in model.arch.blocks),
         max_s=cfg.max_minutes * 60 if cfg.max_minutes else None)
     own_dir = cfg.checkpoint_dir is None and work_dir is None
     work = Path(cfg.checkpoint_dir or work_dir or tempfile.mkdtemp(prefix="slimformer-recover-"))

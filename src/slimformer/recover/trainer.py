@@ -24,6 +24,7 @@ from ..model import Model
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from .data import TrainSet
 from .gradual import prune_to
+from . import fsdp as fsdp_
 from .losses import LossWeights, causal_losses, encoder_losses
 from .schedule import cubic_sparsity, lr_factor, pruning_steps
 
@@ -52,6 +53,8 @@ class TrainPlan:
     gradual: dict | None = None  # {"names", "start", "end", "every", "initial", "final"}
     restore_best: bool = True
     dropout: bool = False
+    parallel: str = "ddp"  # ddp | fsdp (fsdp.py), when several processes train
+    blocks: tuple = ()  # the student's block names (FSDP units)
     log_every: int = 10
     max_s: float | None = None  # wall-clock cap on the loop
 
@@ -114,31 +117,38 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
     student.module.to(device)
     teacher.module.to(device).eval()  # its forward runs under no_grad: its flags stay as they are
     inner = student.module
-    params = [p for p in inner.parameters() if p.requires_grad]
-    if not params:
-        raise SlimformerError("nothing to train: every parameter of the student is frozen")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": plan.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=plan.lr)
-    masked = _masked_weights(inner, student.masks)
+    fsdp = plan.parallel == "fsdp" and world > 1
     result = TrainResult()
     best_value, bad_evals, start = None, 0, 0
     last, best_path = work_dir / LAST, work_dir / BEST
     if last.exists() and not resume:
         raise SlimformerError(f"{work_dir} holds a checkpoint of an earlier run; pass --resume to continue "
                               "it, or remove that folder to start over")
-    if resume and last.exists():
-        state = load_checkpoint(last, plan.fingerprint)
+    state = load_checkpoint(last, plan.fingerprint) if resume and last.exists() else None
+    if state is not None:  # the weights before any wrapping; the optimizer's state once it exists
         inner.load_state_dict(state["model"], strict=False)
-        opt.load_state_dict(state["optimizer"])
         student.masks.clear()
         student.masks.update(state["masks"])
-        masked = _masked_weights(inner, student.masks)
         start, best_value, bad_evals = state["step"], state["best_value"], state["bad_evals"]
         result.history, result.tokens, result.best_step = state["history"], state["tokens"], state["best_step"]
         result.resumed_from = start
-    module = acc.prepare_model(inner)
+    # FSDP: the optimizer is created over the sharded replica's parameters (fsdp.py); DDP wraps
+    # the student itself and the optimizer holds its parameters
+    trained = fsdp_.shard_replica(inner, list(plan.blocks), device) if fsdp else inner
+    params = [p for p in trained.parameters() if p.requires_grad]
+    if not params:
+        raise SlimformerError("nothing to train: every parameter of the student is frozen")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": plan.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=plan.lr)
+    if state is not None:
+        if fsdp:
+            fsdp_.load_optimizer_state(trained, opt, state["optimizer"])
+        else:
+            opt.load_state_dict(state["optimizer"])
+    masked = _masked_weights(trained, student.masks)
+    module = trained if fsdp else acc.prepare_model(inner)
     module.train(plan.dropout)
     gradual_at = set()
     if plan.gradual:
@@ -152,11 +162,14 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
         return encoder_losses(out_s, out_t, batch, plan.losses, student.pooling, teacher.pooling)
 
     def save(path: Path, step: int, full: bool = True) -> None:
+        if fsdp:  # collectives: every process gathers, the main one writes
+            fsdp_.sync_into(trained, inner)
+        optim = (fsdp_.optimizer_state(trained, opt) if fsdp else opt.state_dict()) if full else None
         if acc.is_main_process:
             state = {"fingerprint": plan.fingerprint, "step": step, "model": _trainable_state(inner),
                      "masks": dict(student.masks)}
             if full:  # the best checkpoint needs only the weights
-                state.update({"optimizer": opt.state_dict(), "history": result.history, "tokens": result.tokens,
+                state.update({"optimizer": optim, "history": result.history, "tokens": result.tokens,
                               "best_value": best_value, "best_step": result.best_step, "bad_evals": bad_evals})
             save_checkpoint(path, state)
         acc.wait_for_everyone()
@@ -182,7 +195,9 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
             with torch.no_grad(), acc.autocast():
                 out_t = teacher.module(**batch, output_hidden_states=need_hidden, **kw)
             sync = j == len(micro) - 1
-            ctx = acc.no_sync(module) if not sync and world > 1 else _null()
+            if fsdp:  # gradients reduce-scattered on the last micro-batch only
+                module.set_requires_gradient_sync(sync)
+            ctx = acc.no_sync(module) if not sync and world > 1 and not fsdp else _null()
             with ctx:
                 with acc.autocast():
                     out_s = module(**batch, output_hidden_states=need_hidden, **kw)
@@ -221,6 +236,8 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
         out_of_time = plan.max_s is not None and _agreed(acc, time.perf_counter() - t_start > plan.max_s)
         if done % plan.eval_every == 0 or done == plan.steps or out_of_time:
             module.eval()
+            if fsdp:
+                fsdp_.sync_into(trained, inner)
             value = evaluation.fn(student)
             entry = {"step": done, "eval": value, "tokens": result.tokens}
             if evaluation.track:
@@ -246,6 +263,10 @@ def train(student: Model, teacher: Model, data: TrainSet, plan: TrainPlan, evalu
     bar.close()
     result.steps_done = step + 1 if plan.steps > start else start
     result.best_value = best_value
+    if fsdp:
+        fsdp_.sync_into(trained, inner)
+        module = inner
+        del trained
     if plan.restore_best and best_path.exists() and result.best_step != result.steps_done:
         state = torch.load(best_path, map_location="cpu", weights_only=True)
         inner.load_state_dict(state["model"], strict=False)
@@ -278,7 +299,7 @@ def _masked_weights(root: torch.nn.Module, masks: dict) -> dict:
         except AttributeError:
             continue
         if isinstance(weight, torch.nn.Parameter) and weight.requires_grad:
-            out[name] = (weight, masks[name].to(weight.device))
+            out[name] = (weight, fsdp_.sharded_like(masks[name], weight))
     return out
 
 

@@ -11,6 +11,7 @@ from conftest import assert_same_embeddings
 from slimformer import evaluate, info, load
 from slimformer.data import bundled_path, read_pairs, read_text
 from slimformer.model.load import gguf_cache_folder
+from slimformer.model.lazy import safetensors_index
 from slimformer.model.sources import resolve
 
 pytestmark = pytest.mark.integration
@@ -82,9 +83,12 @@ def test_smollm2_gguf_is_cached(smollm2, monkeypatch, tmp_path):
             return _real(*a, **kw)
         monkeypatch.setattr(cls, "from_pretrained", guarded)
     monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", refuse)
+    import slimformer.model.gguf_dequant as gguf_dequant
+    monkeypatch.setattr(gguf_dequant, "dequantize_gguf", refuse)
     src = Path(resolve("smollm2").location)
     folder = gguf_cache_folder(src)
-    assert (folder / "model.safetensors").is_file()
+    index = safetensors_index(folder)  # the cache is written shard by shard
+    assert "model.embed_tokens.weight" in index and all(Path(f).is_file() for f, _ in index.values())
     again = load("smollm2")
     ours, theirs = again.module.state_dict(), smollm2.module.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -345,14 +345,23 @@ TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torch
 needs_torchrun = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
 
 
+def free_port() -> int:
+    """A port nothing listens on now: fixed ports collide across xdist workers and with a killed run's
+    socket still in TIME_WAIT."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @needs_torchrun
-@pytest.mark.parametrize("parallel,port", [("ddp", 29517), ("fsdp", 29518)])
-def test_two_gloo_processes_match_one_process(tiny_dir, tmp_path, parallel, port):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_gloo_processes_match_one_process(tiny_dir, tmp_path, parallel):
     model = str(tiny_dir["llama"])
     one = _worker([model, str(tmp_path / "one.pt"), "--checkpoints", str(tmp_path / "c1")])
     assert one.wait(300) == 0, one.stdout.read().decode()[-2000:]
     two = _worker([model, str(tmp_path / "two.pt"), "--checkpoints", str(tmp_path / "c2"), "--parallel", parallel],
-                  launcher=[TORCHRUN, "--nproc_per_node", "2", "--master_port", str(port)])
+                  launcher=[TORCHRUN, "--nproc_per_node", "2", "--master_port", str(free_port())])
     out = two.wait(300), two.stdout.read().decode()
     assert out[0] == 0, out[1][-3000:]
     a, b = torch.load(tmp_path / "one.pt", weights_only=True), torch.load(tmp_path / "two.pt", weights_only=True)
@@ -372,14 +381,14 @@ def test_fsdp_resume_after_a_kill_reaches_the_same_weights(tiny_dir, tmp_path):
     """Checkpoints under FSDP hold the gathered weights and optimizer state; a resumed run scatters
     them again and ends where an uninterrupted one does."""
     model = str(tiny_dir["llama"])
-    launch = lambda port: [TORCHRUN, "--nproc_per_node", "2", "--master_port", str(port)]  # noqa: E731
+    launch = lambda: [TORCHRUN, "--nproc_per_node", "2", "--master_port", str(free_port())]  # noqa: E731
     common = ["--steps", "12", "--parallel", "fsdp"]
     full = _worker([model, str(tmp_path / "full.pt"), "--checkpoints", str(tmp_path / "a"), *common],
                    launcher=launch(29519))
     assert full.wait(300) == 0, full.stdout.read().decode()[-2000:]
     ck = tmp_path / "b"
     run = _worker([model, str(tmp_path / "x.pt"), "--checkpoints", str(ck), "--slow", "0.5", *common],
-                  launcher=launch(29520))
+                  launcher=launch())
     deadline = time.time() + 300
     while not (ck / "last.pt").exists() and time.time() < deadline and run.poll() is None:
         time.sleep(0.05)
@@ -391,7 +400,7 @@ def test_fsdp_resume_after_a_kill_reaches_the_same_weights(tiny_dir, tmp_path):
     killed_at = torch.load(ck / "last.pt", weights_only=True)["step"]
     assert 0 < killed_at < 12
     resumed = _worker([model, str(tmp_path / "resumed.pt"), "--checkpoints", str(ck), "--resume", *common],
-                      launcher=launch(29521))
+                      launcher=launch())
     assert resumed.wait(300) == 0, resumed.stdout.read().decode()[-2000:]
     a, b = torch.load(tmp_path / "full.pt", weights_only=True), torch.load(tmp_path / "resumed.pt", weights_only=True)
     assert b["log"]["resumed_from"] == killed_at and b["log"]["steps"] == 12
@@ -470,7 +479,7 @@ def test_cli_compress_under_torchrun_trains_on_two_processes_and_writes_once(tin
         " throughput_seq_len: 32, decode_prompt: 8, decode_new_tokens: 4, decode_repeats: 1, threads: 1}\n")
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29519", "-m", "slimformer.cli",
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "slimformer.cli",
                            "compress", str(tiny_dir["llama"]), "--recipe", str(recipe), "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

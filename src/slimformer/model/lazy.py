@@ -40,8 +40,14 @@ def safetensors_index(folder: Path, stem: str = "model") -> dict[str, tuple[str,
         weight_map = json.loads(sharded.read_text())["weight_map"]
         return {k: (str(folder / f), k) for k, f in weight_map.items()}
     if single.is_file():
-        with safe_open(str(single), framework="pt") as f:
-            return {k: (str(single), k) for k in f.keys()}
+        from safetensors import SafetensorError
+        try:
+            with safe_open(str(single), framework="pt") as f:
+                return {k: (str(single), k) for k in f.keys()}
+        except (SafetensorError, OSError) as e:
+            raise CorruptModelError(f"{folder}: a .safetensors file is truncated or corrupt "
+                                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                                    "download or copy the model again") from None
     raise ModelNotFoundError(f"{folder}: lazy loading reads safetensors weights ({single.name} or "
                              f"{sharded.name}), and there are none; convert the weights to safetensors "
                              "or load without --lazy")
@@ -96,6 +102,7 @@ class LazyWeights:
             if _get(module, local).device.type != "meta" or full not in self.index:
                 continue  # already real, or tied to a tensor read under another name
             _set(module, local, self.read(full))
+        self.close_files()
         for m in module.modules():  # kernels packed from the old tensors are stale
             if hasattr(m, "_cache"):
                 m._cache = {}
@@ -104,6 +111,12 @@ class LazyWeights:
         if prefix in self.blocks:
             self.resident[prefix] = state
             self._modules[prefix] = weakref.ref(module)
+
+    def close_files(self) -> None:
+        """Unmap the files read: a mapped page a read touched counts in the process's resident
+        memory (RssFile) for as long as the mapping lives, so a model streamed through open
+        mappings would look, and be accounted, as resident as one loaded whole."""
+        self._files.clear()
 
     def release(self, module: nn.Module, prefix: str) -> None:
         """Drop the block's tensors back to the meta device (they stay readable from the index)."""
@@ -114,6 +127,8 @@ class LazyWeights:
                 _set(module, local, torch.empty_like(t, device="meta"))
         self.resident.pop(prefix, None)
         self._modules.pop(prefix, None)
+        from ..heap import release_free_heap
+        release_free_heap()  # the block's freed tensors leave the heap, not just the module
 
     def commit(self, module: nn.Module, prefix: str) -> None:
         """Write the block's tensors as they are now (a stage rewrote them) to its spill file and
@@ -123,7 +138,7 @@ class LazyWeights:
         for old in [n for n in self.index if n.startswith(prefix + ".") and n not in state]:
             del self.index[old]  # e.g. a weight that became a quantized layer's codes
         path = self.spill_dir() / f"{prefix}.safetensors"
-        self._files.pop(str(path), None)  # a block committed twice (two stages) is rewritten
+        self.close_files()  # a block committed twice (two stages) is rewritten
         save_file(state, str(path))
         for name in state:
             self.index[name] = (str(path), name)
@@ -173,6 +188,7 @@ class LazyWeights:
         for name, t in list(root.state_dict(keep_vars=True).items()):
             if t.device.type == "meta" and name in self.index and not self._in_block(name):
                 _set(root, name, self.read(name))
+        self.close_files()
         if hasattr(root, "tie_weights"):
             root.tie_weights()  # a tied head reads the embeddings just read
 

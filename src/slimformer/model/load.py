@@ -117,13 +117,16 @@ def larger_than_memory(folder: Path, dtype: torch.dtype = torch.float32, fractio
     except ModelNotFoundError:
         return False
     numel = 0
-    for path in sorted({p for p, _ in index.values()}):
-        with safe_open(path, framework="pt") as f:
-            for key in f.keys():
-                n = 1
-                for d in f.get_slice(key).get_shape():
-                    n *= d
-                numel += n
+    try:
+        for path in sorted({p for p, _ in index.values()}):
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    n = 1
+                    for d in f.get_slice(key).get_shape():
+                        n *= d
+                    numel += n
+    except _weight_read_errors() as e:  # a truncated shard of a sharded folder
+        raise _weight_error(folder, e) from None
     return numel * torch.finfo(dtype).bits // 8 > fraction * psutil.virtual_memory().available
 
 

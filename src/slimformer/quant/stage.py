@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from ..data.calibration import calibration_set
@@ -140,11 +141,15 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     scaling = {}  # group head -> alpha (AWQ) or "smoothquant"
     smoothing = cfg.smoothing
 
-    def make(name: str, lin: nn.Linear, stats, input_scale) -> None:
+    def make(name: str, lin: nn.Linear, stats, input_scale, last: bool = True) -> None:
         W = lin.weight.detach().float().clone()
         if cfg.method == "gptq":
-            H = stats.hessian()  # of the inputs the layer receives, smoothing included
-            res = gptq(W, H, spec, cfg.blocksize, cfg.damp, cfg.act_order, model.masks.get(name))
+            # of the inputs the layer receives, smoothing included; float64, handed over (the sum's
+            # last reader takes the buffer itself) and overwritten by its inverse inside: at 11008
+            # inputs (a 7B model's down projection) each [in, in] float64 copy is 0.9 GiB
+            H = stats.hessian(torch.float64, release=last)
+            res = gptq(W, H, spec, cfg.blocksize, cfg.damp, cfg.act_order, model.masks.get(name), overwrite_h=True)
+            del H
             q, scales, zeros = res.q, res.scales, res.zeros
             if res.info.retries or res.info.dead_channels:
                 notes.append(f"{name}: damp {res.info.damp:g} after {res.info.retries} retries, "
@@ -172,9 +177,10 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
                 if g.target is None:  # kept inside the quantized layers: x -> x / s
                     input_scales.update({n: 1.0 / g.s for n in g.scaled})
         for group in blk.input_groups:
-            for name in (n for n in group if n in chosen):
+            names = [n for n in group if n in chosen]
+            for name in names:
                 make(name, get_module(model.module, name), stats.get(name) if stats else None,
-                     input_scales.get(name))
+                     input_scales.get(name), last=name == names[-1])
         return {}
 
     want = set()

@@ -113,6 +113,21 @@ def test_lazy_bad_input_is_one_line(tiny_dir, tmp_path):
         load(folder, lazy=True)
     with pytest.raises(RecipeError, match="calibration dtype 'fp8' unknown"):
         parse_recipe({"calibration": {"dtype": "fp8"}, "stages": []})
+    with pytest.raises(RecipeError, match="calibration device 'gpu' unknown; use auto, cpu, cuda"):
+        parse_recipe({"calibration": {"device": "gpu"}, "stages": []})
+
+
+def test_engine_device_auto_is_the_cpu_without_cuda_and_cuda_is_refused(tiny):
+    """`device: auto` (the default) resolves to CUDA only where torch sees one; asking for CUDA on a
+    machine without it is the one-line configuration error, before any block runs."""
+    from slimformer.errors import ConfigValueError
+    model = tiny["llama"]
+    auto = calibration_set(model, **CAL).device
+    assert auto == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert calibration_set(model, **CAL, device="cpu").device == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigValueError, match="calibration device cuda: torch sees no CUDA device"):
+            calibration_set(model, **CAL, device="cuda")
 
 
 def test_bfloat16_calibration_runs_blocks_in_bf16_and_keeps_fp32_statistics(tiny):

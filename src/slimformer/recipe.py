@@ -25,9 +25,11 @@ class CalibrationConfig:
     seq_len: int = 1024
     seed: int = 0
     dtype: str = "float32"  # block forwards in float32, or bfloat16 (statistics still fp32 / fp64)
+    device: str = "auto"  # where block forwards and rewrites run: auto (CUDA when present), cpu, cuda
 
 
 CALIBRATION_DTYPES = ("float32", "bfloat16")
+CALIBRATION_DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -218,6 +220,8 @@ def _check_values(recipe: Recipe, where: str) -> None:
         raise RecipeError(f"{where}: calibration must not use the test split; use validation or train")
     if cal.dtype not in CALIBRATION_DTYPES:
         raise RecipeError(f"{where}: calibration dtype {cal.dtype!r} unknown; use {' or '.join(CALIBRATION_DTYPES)}")
+    if cal.device not in CALIBRATION_DEVICES:
+        raise RecipeError(f"{where}: calibration device {cal.device!r} unknown; use {', '.join(CALIBRATION_DEVICES)}")
     task = recipe.evaluate.task
     harness = task is not None and task.startswith("lm-eval:")
     if task is not None and not harness and task not in TASKS:

@@ -10,11 +10,21 @@ from ..evaluate.embed import embed_batch, tokenize_sentences
 from ..evaluate.windows import token_windows
 from ..model import Model
 from ..results import LatencyPoint
-from .timing import median, p90, time_ms
+from .timing import median, p90, synchronize, time_ms
 
 
 def _vocab(model: Model) -> int:
     return min(model.module.config.vocab_size, len(model.tokenizer))
+
+
+def _on(model: Model, value):
+    """Inputs moved to a module on an accelerator before the timer starts (timing.py synchronises)."""
+    dev = getattr(model, "device", None)
+    if dev is None or dev.type == "cpu":
+        return value
+    if isinstance(value, dict):
+        return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in value.items()}
+    return value.to(dev)
 
 
 def _forward(model: Model, ids: torch.Tensor, mask: torch.Tensor | None = None):
@@ -33,7 +43,7 @@ def latency_grid(model: Model, batch_sizes, seq_lens, warmup: int, repeats: int)
     for seq in seq_lens:
         model.check_seq_len(seq)
         for bs in batch_sizes:
-            ids = torch.randint(5, _vocab(model), (bs, seq), generator=gen)
+            ids = _on(model, torch.randint(5, _vocab(model), (bs, seq), generator=gen))
             ms = time_ms(lambda: _forward(model, ids), warmup, repeats)
             points.append(LatencyPoint(batch=bs, seq_len=seq, median_ms=median(ms), p90_ms=p90(ms),
                                        repeats=repeats))
@@ -45,7 +55,7 @@ def encoder_throughput(model: Model, data: str, batch: int, items: int | None, p
                        split: str = "test") -> dict:
     sentences = read_sentences(resolve_data(data, split))[:items]
     ordered = sorted(sentences, key=len)  # length-bucketed batches, as sentence encoders serve
-    batches = [tokenize_sentences(model, ordered[i:i + batch]) for i in range(0, len(ordered), batch)]
+    batches = [_on(model, tokenize_sentences(model, ordered[i:i + batch])) for i in range(0, len(ordered), batch)]
 
     def run():
         for b in batches:  # the whole sentence pipeline: pooling, Dense layers, Normalize
@@ -61,7 +71,7 @@ def encoder_throughput(model: Model, data: str, batch: int, items: int | None, p
 @torch.inference_mode()
 def causal_throughput(model: Model, data: str, seq_len: int, items: int | None, passes: int,
                       split: str = "test") -> dict:
-    windows = token_windows(model, read_text(resolve_data(data, split)), seq_len, items or 8)
+    windows = _on(model, token_windows(model, read_text(resolve_data(data, split)), seq_len, items or 8))
 
     def run():
         for w in windows:
@@ -77,7 +87,7 @@ def causal_throughput(model: Model, data: str, seq_len: int, items: int | None, 
 
 @torch.inference_mode()
 def decode(model: Model, data: str, prompt_len: int, new_tokens: int, repeats: int, split: str = "test") -> dict:
-    prompt = token_windows(model, read_text(resolve_data(data, split)), prompt_len, 1)
+    prompt = _on(model, token_windows(model, read_text(resolve_data(data, split)), prompt_len, 1))
     pad = model.tokenizer.pad_token_id
     kw = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
               min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad,
@@ -85,8 +95,10 @@ def decode(model: Model, data: str, prompt_len: int, new_tokens: int, repeats: i
     model.module.generate(prompt, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
     times = []
     for _ in range(repeats):
+        synchronize()
         t0 = time.perf_counter()
         out = model.module.generate(prompt, **kw)
+        synchronize()
         times.append(time.perf_counter() - t0)
     generated = out.shape[1] - prompt.shape[1]
     best = min(times)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigValueError, DataError
 from ..model import Model
 from .bundled import resolve_data
 from .readers import read_sentences, read_text
@@ -31,18 +31,22 @@ class CalibrationSet:
     tokens: int  # real (non-padding) tokens
     sha256: str
     dtype: str = "float32"  # the block forwards' compute precision (statistics accumulate in fp32 / fp64)
+    device: str = "cpu"  # where the engine runs each block (resolved from the recipe's auto / cpu / cuda)
 
     def describe(self) -> dict:
         out = {"data": self.data, "split": self.split, "samples": self.samples, "seq_len": self.seq_len,
                "tokens": self.tokens, "sha256": self.sha256}
         if self.dtype != "float32":
             out["dtype"] = self.dtype
+        if self.device != "cpu":
+            out["device"] = self.device
         return out
 
 
 def calibration_set(model: Model, data: str | None = None, split: str | None = None,
                     samples: int | None = None, seq_len: int = 1024, seed: int = 0,
-                    dtype: str = "float32") -> CalibrationSet:
+                    dtype: str = "float32", device: str = "auto") -> CalibrationSet:
+    device = engine_device(device)
     d_data, d_split, d_samples = DEFAULT_DATA[model.kind]
     data, split, samples = data or d_data, split or d_split, samples or d_samples
     if split == "test":
@@ -72,4 +76,14 @@ def calibration_set(model: Model, data: str | None = None, split: str | None = N
     for b in batches:
         digest.update(b["input_ids"].numpy().tobytes())
     return CalibrationSet(batches=batches, data=str(data), split=split, samples=samples, seq_len=seq_len,
-                          tokens=tokens, sha256=digest.hexdigest(), dtype=dtype)
+                          tokens=tokens, sha256=digest.hexdigest(), dtype=dtype, device=device)
+
+
+def engine_device(device: str) -> str:
+    """auto: the first CUDA device when torch sees one, else the CPU; cuda without one is refused."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigValueError("calibration device cuda: torch sees no CUDA device here (a CPU build, or no "
+                               "driver); use device: auto or cpu")
+    return device

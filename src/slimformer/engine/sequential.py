@@ -11,7 +11,9 @@
    samples (heap.py), so the stage's resident memory follows its live tensors.
 A lazily loaded model (model/lazy.py) has one block resident at a time: the engine holds the
 block across its three steps and commits the rewritten block to disk after (`rewrites=False`
-for a pass that only measures: the block is dropped unchanged).
+for a pass that only measures: the block is dropped unchanged). With a CUDA device (the
+calibration's `device`, auto by default) the samples live on it and each block is moved there for
+its three steps and back after: one block on the accelerator, the rest where it was loaded.
 Works through the ArchMap only: no per-family code.
 """
 from __future__ import annotations
@@ -172,13 +174,64 @@ def _forward_block(block, sample: _Sample, attention_type: str | None) -> torch.
     return out[0] if isinstance(out, tuple) else out
 
 
+def engine_device(model: Model, calib: CalibrationSet) -> torch.device:
+    """Where blocks run: the calibration set's device (CUDA when present, by default), or the
+    model's own device when that is of the same type."""
+    dev = torch.device(getattr(calib, "device", "cpu"))
+    return model.device if dev.type == model.device.type else dev
+
+
+def _to(value, device: torch.device):
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+def _samples_to(samples: list[_Sample], device: torch.device) -> None:
+    """Move every calibration sample's inputs to the device, keeping shared side inputs shared."""
+    moved: dict[int, torch.Tensor] = {}
+
+    def to(value):
+        if torch.is_tensor(value):
+            if id(value) not in moved:
+                moved[id(value)] = value.to(device)
+            return moved[id(value)]
+        if isinstance(value, (tuple, list)):
+            return type(value)(to(v) for v in value)
+        if isinstance(value, dict):
+            return {k: to(v) for k, v in value.items()}
+        return value
+    for s in samples:
+        s.args, s.kwargs, s.token_mask, s.side = to(s.args), to(s.kwargs), to(s.token_mask), to(s.side)
+
+
+@contextlib.contextmanager
+def on_device(block: torch.nn.Module, device: torch.device, home: torch.device):
+    """The block on the engine's device for its statistics, rewrite and propagation, then back
+    (the rest of the model never leaves `home`: only one block is on the accelerator)."""
+    if device == home:
+        yield
+        return
+    block.to(device)
+    try:
+        yield
+    finally:
+        block.to(home)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def compute_precision(model: Model, calib: CalibrationSet):
     """bfloat16 block forwards (`calibration: {dtype: bfloat16}`) through autocast: matmuls in
-    bf16 (native on CPUs with AVX-512 BF16 / AMX), fp32 weights kept, so the methods rewrite the
-    fp32 weights from statistics that the hooks accumulate in fp32 / fp64 (stats.py)."""
+    bf16 (native on CPUs with AVX-512 BF16 / AMX, and on GPUs), fp32 weights kept, so the methods
+    rewrite the fp32 weights from statistics that the hooks accumulate in fp32 / fp64 (stats.py)."""
     if getattr(calib, "dtype", "float32") != "bfloat16":
         return contextlib.nullcontext()
-    return torch.autocast(model.device.type, dtype=torch.bfloat16)
+    return torch.autocast(engine_device(model, calib).type, dtype=torch.bfloat16)
 
 
 def block_scope(model: Model, blk: BlockMap, rewrites: bool = True):
@@ -195,14 +248,17 @@ def run_sequential(model: Model, calib: CalibrationSet, rewrite: Rewrite, want: 
     """Run `rewrite` on every block in order; returns the per-block logs."""
     was_training = model.module.training
     model.module.eval()
-    with compute_precision(model, calib):
-        samples = capture_block_inputs(model, calib)
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=getattr(calib, "dtype", "float32") == "bfloat16"):
+        samples = capture_block_inputs(model, calib)  # the embeddings run where the model is
     if model.lazy is not None:
         model.lazy.release_passing()  # blocks the capture's forward stopped inside
+    device = engine_device(model, calib)
+    _samples_to(samples, device)
     logs = []
     try:
         for blk in tqdm(model.arch.blocks, desc=desc, disable=not progress, leave=False):
-            with block_scope(model, blk, rewrites):
+            with block_scope(model, blk, rewrites), on_device(get_module(model.module, blk.name), device,
+                                                              model.device):
                 if _step(model, blk, samples, rewrite, want, select, logs, calib):
                     break
     finally:

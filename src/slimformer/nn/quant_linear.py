@@ -84,7 +84,7 @@ class QuantLinear(nn.Module):
             m.input_scale.copy_(input_scale.float())
         if act_scale is not None:
             m.act_scale.fill_(float(act_scale))
-        return m
+        return m.to(q.device)  # where the codes were computed (the engine's device)
 
     def describe(self) -> dict:
         return {"bits": self.spec.bits, "group_size": self.spec.group_size, "symmetric": self.spec.symmetric,

@@ -35,18 +35,27 @@ def _meta_blocks(model) -> int:
                for b in model.arch.blocks)
 
 
+def _real_rest(model) -> int:
+    """Tensors outside the blocks (embeddings, final norm, head) that are resident."""
+    return sum(t.device.type != "meta" for n, t in model.module.state_dict(keep_vars=True).items()
+               if not model.lazy._in_block(n))
+
+
 @pytest.mark.parametrize("family", LAZY_FAMILIES)
 def test_lazy_forward_streams_blocks_and_equals_eager(tiny, tiny_dir, family):
     lazy = load(tiny_dir[family], lazy=True)
     assert _meta_blocks(lazy) == len(lazy.arch.blocks)  # nothing of the blocks read at load
+    assert _real_rest(lazy) == 0  # nor the embeddings and head: they stream with the whole forward
     ids = torch.randint(4, 300, (2, 20), generator=torch.Generator().manual_seed(0))
     assert torch.equal(_out(lazy, ids), _out(tiny[family], ids))
     assert _meta_blocks(lazy) == len(lazy.arch.blocks) and not lazy.lazy.resident  # dropped again
+    assert _real_rest(lazy) == 0 and lazy.head_is_tied == tiny[family].head_is_tied
 
 
 @pytest.mark.parametrize("family", LAZY_FAMILIES)
 @pytest.mark.parametrize("stage", [{"quantize": {"method": "gptq", "bits": 4, "group_size": 32}},
                                    {"quantize": {"method": "rtn", "bits": 8, "activations": "dynamic"}},
+                                   {"quantize": {"method": "rtn", "bits": 8, "lm_head": True}},
                                    {"prune": {"method": "sparsegpt", "sparsity": 0.5}}])
 def test_lazy_stage_saves_the_same_tensors_as_eager(tiny, tiny_dir, family, stage, tmp_path):
     recipe = parse_recipe({"calibration": CAL, "stages": [stage]})

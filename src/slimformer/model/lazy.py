@@ -30,6 +30,7 @@ from torch import nn
 from ..errors import CorruptModelError, ModelNotFoundError
 
 PASSING, HELD = "passing", "held"
+REST = ""  # the resident-state key of the tensors outside the blocks (embeddings, final norm, head)
 
 
 def safetensors_index(folder: Path, stem: str = "model") -> dict[str, tuple[str, str]]:
@@ -169,39 +170,99 @@ class LazyWeights:
                 self.release(module, prefix)
 
     def release_passing(self) -> None:
-        """Blocks a forward read and did not finish (an exception stopped it) leave memory."""
+        """Blocks (and the rest) a forward read and did not finish (an exception stopped it) leave memory."""
         for name, state in list(self.resident.items()):
             mod = self._modules[name]()
             if state == PASSING and mod is not None:
-                self.release(mod, name)
+                self.release_rest(mod) if name == REST else self.release(mod, name)
 
     def install(self, root: nn.Module) -> None:
-        """Stream every block through memory on its forward; read everything else now."""
+        """Stream every block through memory on its forward, and the rest (embeddings, final norm,
+        head: 1.6 GB in fp32 for a 7B model with a 49k vocabulary) on the whole module's forward:
+        a block-by-block stage reads the embeddings once, for the capture, and never the head."""
         for name in self.blocks:
             block = root.get_submodule(name)
             hook = _Stream(self, name)
             block.register_forward_pre_hook(hook.enter)
             block.register_forward_hook(hook.leave)
-        self.materialise_rest(root)
+        hook = _Stream(self, REST)
+        root.register_forward_pre_hook(hook.enter)
+        root.register_forward_hook(hook.leave)
 
-    def materialise_rest(self, root: nn.Module) -> None:
+    def _rest_names(self, root: nn.Module) -> list[str]:
+        return [n for n in root.state_dict(keep_vars=True) if not self._in_block(n)]
+
+    def materialise_rest(self, root: nn.Module, state: str = HELD) -> None:
+        """Read the tensors outside the blocks (a tied head is tied again to the embeddings read)."""
         for name, t in list(root.state_dict(keep_vars=True).items()):
             if t.device.type == "meta" and name in self.index and not self._in_block(name):
                 _set(root, name, self.read(name))
         self.close_files()
         if hasattr(root, "tie_weights"):
             root.tie_weights()  # a tied head reads the embeddings just read
+        for n, m in root.named_modules():
+            if hasattr(m, "_cache") and not self._in_block(f"{n}."):  # a quantized head's packed kernel
+                m._cache = {}
+        self.resident[REST] = state
+        self._modules[REST] = weakref.ref(root)
+
+    def release_rest(self, root: nn.Module) -> None:
+        """The tensors outside the blocks back to the meta device (readable again from the index)."""
+        for name in self._rest_names(root):
+            t = _get(root, name)
+            if name in self.index and t.device.type != "meta":
+                _set(root, name, torch.empty_like(t, device="meta"))
+        if hasattr(root, "tie_weights"):
+            root.tie_weights()  # the head and the embeddings stay one (meta) tensor
+        self.resident.pop(REST, None)
+        self._modules.pop(REST, None)
+        from ..heap import release_free_heap
+        release_free_heap()
+
+    @contextlib.contextmanager
+    def hold_rest(self, root: nn.Module, commit: bool = False):
+        """The tensors outside the blocks resident for the duration (written to the spill folder
+        after if `commit`: a stage changed the head); left resident if they already were."""
+        was = self.resident.get(REST)
+        if was is None:
+            self.materialise_rest(root, HELD)
+        try:
+            yield
+        finally:
+            if commit:
+                self._commit_rest(root)
+            if was is None or commit:
+                self.release_rest(root)
+
+    def _commit_rest(self, root: nn.Module) -> None:
+        from safetensors.torch import save_file
+        state, seen = {}, set()
+        for name, t in root.state_dict(keep_vars=True).items():
+            if self._in_block(name) or t is None or id(t) in seen:
+                continue  # a tied head is the embeddings' tensor: stored once, tied again on reading
+            seen.add(id(t))
+            state[name] = t.detach().contiguous()
+        for old in [n for n in self.index if not self._in_block(n) and n not in state]:
+            del self.index[old]
+        path = self.spill_dir() / "rest.safetensors"
+        self.close_files()
+        save_file(state, str(path))
+        for name in state:
+            self.index[name] = (str(path), name)
+            self.spilled.add(name)
+            self.transposed.discard(name)
 
     def load_all(self, root: nn.Module) -> None:
-        """Every block resident for good (a stage that needs the whole model)."""
+        """Every tensor resident for good (a stage that needs the whole model)."""
+        if self.resident.get(REST) != HELD:
+            self.materialise_rest(root, HELD)
         for name in self.blocks:
             self.materialise(root.get_submodule(name), name, HELD)
 
     def detach(self, root: nn.Module) -> None:
         """Remove the streaming hooks (after load_all, the module is an ordinary one)."""
-        for name in self.blocks:
-            block = root.get_submodule(name)
-            for hooks in (block._forward_pre_hooks, block._forward_hooks):
+        for module in [root, *(root.get_submodule(name) for name in self.blocks)]:
+            for hooks in (module._forward_pre_hooks, module._forward_hooks):
                 for key, fn in list(hooks.items()):
                     if isinstance(getattr(fn, "__self__", None), _Stream):
                         del hooks[key]
@@ -222,18 +283,26 @@ class LazyWeights:
 
 
 class _Stream:
-    """Forward hooks of one block: read it before its forward, drop it after, unless held."""
+    """Forward hooks of one block (or of the whole module, for the rest): read it before its
+    forward, drop it after, unless held."""
 
     def __init__(self, store: LazyWeights, name: str):
         self.store, self.name = store, name
+        self.rest = name == REST
 
     def enter(self, module, args):
         if self.name not in self.store.resident:
-            self.store.materialise(module, self.name, PASSING)
+            if self.rest:
+                self.store.materialise_rest(module, PASSING)
+            else:
+                self.store.materialise(module, self.name, PASSING)
 
     def leave(self, module, args, output):
         if self.store.resident.get(self.name) == PASSING:
-            self.store.release(module, self.name)
+            if self.rest:
+                self.store.release_rest(module)
+            else:
+                self.store.release(module, self.name)
 
 
 def shared_rest_memo(module: nn.Module, store: LazyWeights) -> dict:

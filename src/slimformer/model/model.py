@@ -54,8 +54,9 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        param = next(self.module.parameters(), None) if self.runtime == "torch" else None
-        return param.device if param is not None else torch.device("cpu")  # runtimes run on the CPU
+        # the first real parameter: a lazily loaded model's are on the meta device until read
+        real = (p.device for p in self.module.parameters() if p.device.type != "meta") if self.runtime == "torch" else ()
+        return next(real, torch.device("cpu"))  # runtimes run on the CPU
 
     @property
     def head_is_tied(self) -> bool:
@@ -66,7 +67,11 @@ class Model:
         from .arch import get_module
         head = getattr(get_module(self.module, self.arch.head), "weight", None)
         emb = get_module(self.module, self.arch.embeddings[0]).weight
-        return head is not None and head.data_ptr() == emb.data_ptr()
+        if head is None:
+            return False
+        if head.device.type == "meta":  # a lazily loaded model at rest: every meta pointer is 0
+            return head is emb
+        return head.data_ptr() == emb.data_ptr()
 
     @property
     def is_causal(self) -> bool:

@@ -141,7 +141,8 @@ def _state_chunks(model: Model, chunks: list[str | None]):
         yield None, model.module.state_dict()
         return
     lazy = model.lazy
-    yield None, {k: v for k, v in model.module.state_dict().items() if not lazy._in_block(k)}
+    with lazy.hold_rest(model.module):
+        yield None, {k: v for k, v in model.module.state_dict().items() if not lazy._in_block(k)}
     for name in chunks[1:]:
         block = model.module.get_submodule(name)
         with lazy.hold(block, name):

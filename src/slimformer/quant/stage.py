@@ -1,6 +1,8 @@
 """The `quantize` stage: (smooth,) quantize and swap in integer-kernel linears, block by block."""
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import re
 from collections import Counter
@@ -200,7 +202,8 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
             with block_scope(model, blk):
                 rewrite(model, blk, None)
     if cfg.lm_head and model.arch.head is not None:
-        _quantize_head(model, cfg, kernels)
+        with model.lazy.hold_rest(model.module, commit=True) if model.lazy else contextlib.nullcontext():
+            _quantize_head(model, cfg, kernels)
     elif cfg.lm_head:
         log.lm_head = "the model has no LM head; nothing to quantize there"
     log.kernels = dict(kernels)

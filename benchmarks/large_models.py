@@ -40,15 +40,19 @@ RECIPES = {
 }
 
 
-def build(shape: str, root: Path) -> Path:
-    """A random-initialised model of the shape, written tensor by tensor (never whole in memory)."""
+def build(shape: str, root: Path, layers: int | None = None) -> Path:
+    """A random-initialised model of the shape (with `layers` blocks instead of its own when given:
+    the same per-block and embedding sizes in less time), written tensor by tensor (never whole in
+    memory)."""
     from accelerate import init_empty_weights
     import transformers as T
     from slimformer.model.gguf_dequant import ShardWriter
-    folder = root / shape
+    kind, hidden, depth, ffn, heads, kv, vocab, tied = SHAPES[shape]
+    layers = layers or depth
+    name = shape if layers == depth else f"{shape}-{layers}l"
+    folder = root / name
     if (folder / "config.json").is_file():
         return folder
-    kind, hidden, layers, ffn, heads, kv, vocab, tied = SHAPES[shape]
     cls = T.Qwen2Config if kind == "qwen2" else T.LlamaConfig
     cfg = cls(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=ffn, num_attention_heads=heads,
               num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=tied, max_position_embeddings=4096,
@@ -56,7 +60,7 @@ def build(shape: str, root: Path) -> Path:
     cfg.dtype = torch.bfloat16
     with init_empty_weights():
         skeleton = T.AutoModelForCausalLM.from_config(cfg)
-    tmp = root / f".{shape}.partial"
+    tmp = root / f".{name}.partial"
     tmp.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(tmp, max_bytes=2 << 30)
     gen = torch.Generator().manual_seed(0)
@@ -81,27 +85,29 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="calibration compute dtype")
+    p.add_argument("--layers", type=int, help="blocks instead of the shape's own (same block and embedding sizes)")
     p.add_argument("--eval-seq-len", type=int, default=256)
     p.add_argument("--root", default="runs/large-models")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "large_models.jsonl"))
     args = p.parse_args()
     root = Path(args.root)
-    source = "smollm2" if args.shape == "smollm2" else str(build(args.shape, root))
+    source = "smollm2" if args.shape == "smollm2" else str(build(args.shape, root, args.layers))
     recipe = {"calibration": {"samples": args.samples, "seq_len": args.seq_len, "dtype": args.dtype},
               "stages": [RECIPES[args.recipe]],
               "evaluate": {"max_windows": 1, "seq_len": args.eval_seq_len, "fidelity": False}}
-    out = root / f"out-{args.shape}-{args.recipe}"
+    out = root / f"out-{Path(source).name}-{args.recipe}"
     t0 = time.perf_counter()
     with RssPeak(interval_s=0.01) as mem:
         r = slimformer.compress(source, recipe, out=out, overwrite=True, lazy=True)
     wall = time.perf_counter() - t0
     stage = r.stages[0]
     layers = len(slimformer.load(out / "model", lazy=False).arch.blocks) if args.shape == "smollm2" \
-        else SHAPES[args.shape][2]
-    row = {"shape": args.shape, "recipe": args.recipe, "calibration": recipe["calibration"],
+        else args.layers or SHAPES[args.shape][2]
+    row = {"shape": args.shape, "layers": layers, "recipe": args.recipe, "calibration": recipe["calibration"],
            "peak_rss_gib": round(mem.peak / 2**30, 3), "stage_peak_rss_gib": round(stage.peak_rss_bytes / 2**30, 3),
            "stage_wall_s": round(stage.wall_s, 1), "wall_s_per_block": round(stage.wall_s / layers, 2),
            "compress_wall_s": round(wall, 1), "memory": stage.memory,
+           "step_peak_rss_gib": {k: round(v / 2**30, 3) for k, v in r.memory.items()},
            "source_weight_gib": round(sum(f.stat().st_size for f in Path(source).glob("*.safetensors")) / 2**30, 3)
            if args.shape != "smollm2" else None,
            "output_weight_gib": round(sum(f.stat().st_size for f in (out / "model").glob("*.safetensors")) / 2**30, 3),

@@ -74,6 +74,28 @@ def test_lazy_stage_saves_the_same_tensors_as_eager(tiny, tiny_dir, family, stag
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _kernel_caches(model) -> list[str]:
+    """Modules still holding a packed kernel or an input group's stacked layer (own copies of codes)."""
+    return [n for n, m in model.module.named_modules()
+            if getattr(m, "_cache", None) or getattr(getattr(m, "_group", None), "_fused", None) is not None]
+
+
+@pytest.mark.parametrize("stage", [{"quantize": {"method": "gptq", "bits": 4, "group_size": 32, "lm_head": True}},
+                                   {"quantize": {"method": "rtn", "bits": 8, "activations": "dynamic"}}])
+def test_streamed_quantized_blocks_leave_no_kernel_behind(tiny, tiny_dir, stage):
+    """A packed kernel holds its own copy of a block's codes: one kept after the block is released
+    makes a lazily loaded model's memory grow with its depth (the stage's propagation and every
+    evaluation run each quantized block through its kernels)."""
+    recipe = parse_recipe({"calibration": CAL, "stages": [stage]})
+    lazy, _ = run_stages(load(tiny_dir["llama"], lazy=True), recipe, progress=False)
+    assert not _kernel_caches(lazy)  # the stage's propagation built them, the commit dropped them
+    eager, _ = run_stages(tiny["llama"], recipe, progress=False)
+    ids = torch.randint(4, 300, (2, 20), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_out(lazy, ids), _out(eager, ids))
+    assert _kernel_caches(eager)  # the check can see them: an eager model keeps its kernels
+    assert not _kernel_caches(lazy) and not lazy.lazy.resident
+
+
 def test_engine_holds_one_block_at_a_time(tiny_dir):
     model = load(tiny_dir["llama"], lazy=True)
     calib = calibration_set(model, **CAL)

@@ -36,6 +36,9 @@ class CompressResult(_Serialisable):
     export: dict | None = None  # the recipe's onnx / gguf export: where, size, quality in its runtime
     wall_s: float = 0.0
     source: dict | None = None  # {"given", "bytes" (the .gguf / weight files), "output_bytes", "output_ratio"}
+    # peak RSS of the process (bytes) in each step after the stages (the stages' own are in their
+    # logs): which step of a run held the most, e.g. for a lazily loaded model larger than memory
+    memory: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = super().to_dict()
@@ -136,16 +139,27 @@ def finish(model: Model, compressed: Model, logs: list[StageLog], recipe: Recipe
     task = ev.task or default_task(model)
     kw = dict(task=task, data=ev.data, split=ev.split, seq_len=ev.seq_len, max_windows=ev.max_windows,
               progress=progress, limit=ev.limit)
-    quality = {"original": evaluate(model, **kw), "compressed": evaluate(compressed, **kw)}
+    memory = {}
+    with RssPeak() as mem:
+        quality = {"original": evaluate(model, **kw)}
+    memory["evaluate original"] = mem.peak
+    with RssPeak() as mem:
+        quality["compressed"] = evaluate(compressed, **kw)
+    memory["evaluate compressed"] = mem.peak
     fid = None
-    if ev.fidelity and not model.is_causal:  # several domains: the user's own data is none of them
-        fid = encoder_fidelity(compressed, model)
-        if not fid.extra["interchangeable"]:
-            notes.append(not_interchangeable_note(fid))
-    elif ev.fidelity:
-        fid = evaluate(compressed, "fidelity", split=ev.split, reference=model, seq_len=ev.seq_len,
-                       max_windows=ev.max_windows and min(ev.max_windows, 8), progress=progress)
-    speed: Comparison = compare(model, compressed, recipe.bench)
+    with RssPeak() as mem:
+        if ev.fidelity and not model.is_causal:  # several domains: the user's own data is none of them
+            fid = encoder_fidelity(compressed, model)
+            if not fid.extra["interchangeable"]:
+                notes.append(not_interchangeable_note(fid))
+        elif ev.fidelity:
+            fid = evaluate(compressed, "fidelity", split=ev.split, reference=model, seq_len=ev.seq_len,
+                           max_windows=ev.max_windows and min(ev.max_windows, 8), progress=progress)
+    if fid is not None:
+        memory["fidelity"] = mem.peak
+    with RssPeak() as mem:
+        speed: Comparison = compare(model, compressed, recipe.bench)
+    memory["bench"] = mem.peak
     source = source_size(model, speed)
     if source and source["output_ratio"] > 1.0:
         notes.append(larger_than_source_note(source, speed))
@@ -153,7 +167,7 @@ def finish(model: Model, compressed: Model, logs: list[StageLog], recipe: Recipe
         model=model.name, recipe=recipe.to_dict(), stages=logs,
         quality={k: v.to_dict() for k, v in quality.items()},
         fidelity=fid.to_dict() if fid else None, speed=speed.to_dict(), notes=notes,
-        out=str(out) if out else None, source=source)
+        out=str(out) if out else None, source=source, memory=memory)
     result.wall_s = time.perf_counter() - t0
     if out is not None:
         write_output(compressed, result, Path(out), overwrite, recipe, kw)
@@ -212,7 +226,9 @@ def write_output(model: Model, result: CompressResult, out: Path, overwrite: boo
     from .report import write_report
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "model").mkdir()
-        write_folder(model, tmp / "model")
+        with RssPeak() as mem:
+            write_folder(model, tmp / "model")
+        result.memory["write model"] = mem.peak
         if recipe is not None and recipe.export.format != "hf":
             result.export = export_and_check(model, recipe, tmp, eval_kw or {})
         result.to_json(tmp / "results.json")

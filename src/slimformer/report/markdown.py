@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .curves import CURVES_FILE, plot_recovery
 from .stages import stage_section
-from .table import md_table, num, signed, times
+from .table import md_table, mib, num, signed, times
 from .views import COMPARISON_HEADERS, comparison_rows, environment_line
 
 
@@ -57,6 +57,19 @@ def source_row(result) -> list[str] | None:
             f"{src['output_bytes'] / 2**20:.1f} MiB", times(src["output_ratio"]) + larger]
 
 
+def memory_section(result) -> list[str]:
+    """Peak RSS of every step of the run, the largest marked: which step held the most memory
+    (for a lazily loaded model, whether anything held more than one block at a time)."""
+    steps = [(f"stage {i}: {s.stage}" + (f" ({s.memory})" if s.memory else ""), s.peak_rss_bytes)
+             for i, s in enumerate(result.stages, 1)]
+    steps += list((getattr(result, "memory", None) or {}).items())
+    if not steps:
+        return []
+    top = max(b for _, b in steps)
+    rows = [[name, mib(b) + (" (largest)" if b == top else "")] for name, b in steps]
+    return ["## Memory by step (peak RSS of the process)", "", md_table(["step", "peak RSS"], rows), ""]
+
+
 def render(result) -> str:
     a = result.speed["base"]
     lines = [f"# slimformer report: {result.model}", ""]
@@ -65,6 +78,7 @@ def render(result) -> str:
     lines += ["![quality vs speed](quality_vs_speed.png)", ""]
     lines += ["## Stages", ""]
     lines += stage_section(result.stages)
+    lines += memory_section(result)
     lines += ["## Speed, memory and size (same process, back to back)", "",
               md_table(COMPARISON_HEADERS, comparison_rows(result.speed)), "",
               f"Machine: {environment_line(a)}.", "", "## Protocols", ""]

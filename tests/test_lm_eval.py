@@ -84,7 +84,71 @@ def test_compress_scores_original_and_compressed_on_the_same_lm_eval_items(tiny,
     q0, q1 = r.quality["original"], r.quality["compressed"]
     assert q0["metric"] == q1["metric"] == "sst2-bundled acc" and q0["n"] == q1["n"] == 6
     assert "sst2-bundled acc" in (tmp_path / "out" / "report.md").read_text()
-    with pytest.raises(RecipeError, match="lm-eval tasks score PyTorch models"):
-        parse_recipe({**recipe, "export": {"format": "gguf"}})
+    with pytest.raises(RecipeError, match="the openvino export is for encoders"):
+        parse_recipe({**recipe, "export": {"format": "openvino"}})
+    # a GGUF export is scored on the same items in llama.cpp
+    r = compress(tiny["llama"], {**recipe, "stages": [], "export": {"format": "gguf", "type": "f32"}},
+                 out=tmp_path / "gguf", progress=False)
+    qe = r.export["quality"]
+    assert qe["metric"] == "sst2-bundled acc" and qe["n"] == 6 and "llama.cpp" in qe["model"]
+    assert qe["value"] == r.quality["original"]["value"]  # fp32 in llama.cpp: the same choices
     with pytest.raises(RecipeError, match="applies to lm-eval tasks only"):
         parse_recipe({"evaluate": {"task": "ppl", "limit": 3}})
+
+
+def _runtime_loglikelihood(model, context: str, continuation: str) -> float:
+    """The same sum from an export's own logits (its runtime), by hand."""
+    tok = model.tokenizer
+    ctx = tok(context, add_special_tokens=False).input_ids
+    cont = tok(context + continuation, add_special_tokens=False).input_ids[len(ctx):]
+    logp = torch.log_softmax(model.module(input_ids=torch.tensor([ctx + cont])).logits.double(), -1)[0]
+    return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont)))
+
+
+@pytest.fixture(scope="module")
+def exports(tiny, tmp_path_factory):
+    """The tiny llama as an F32 GGUF (llama.cpp) and an ONNX graph (ONNX Runtime)."""
+    from slimformer.export import export
+    from slimformer.runtime import open_model
+    root = tmp_path_factory.mktemp("lm_eval_exports")
+    export(tiny["llama"], "gguf", root / "m.gguf", dtype="f32")
+    export(tiny["llama"], "onnx", root / "onnx")
+    return {"llama.cpp": open_model(root / "m.gguf"), "onnxruntime": open_model(root / "onnx")}
+
+
+@pytest.mark.parametrize("runtime", ["llama.cpp", "onnxruntime"])
+def test_harness_scores_an_export_in_its_runtime_like_pytorch(tiny, exports, runtime):
+    """The harness's log-likelihoods of a GGUF in llama.cpp / an ONNX graph in ONNX Runtime are that
+    runtime's own (by hand from its logits) and, the export being fp32, PyTorch's; the rolling
+    (perplexity) request is the sum over every token after the prefix token."""
+    model = exports[runtime]
+    assert model.runtime == runtime
+    lm = harness_model(model)
+    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(PAIRS)]
+    got = [ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)]
+    assert got == pytest.approx([_runtime_loglikelihood(model, c, x) for c, x in PAIRS], abs=1e-4)
+    assert got == pytest.approx([_own_loglikelihood(tiny["llama"], c, x) for c, x in PAIRS], abs=2e-3)
+    text = "tokens a b c tokens x y z tokens"
+    ids = model.tokenizer(text, add_special_tokens=False).input_ids
+    prefix = lm.prefix_token_id
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny["llama"].module(input_ids=torch.tensor([[prefix] + ids[:-1]])).logits.double(), -1)[0]
+    want = float(sum(logp[i, t] for i, t in enumerate(ids)))
+    roll = lm.loglikelihood_rolling([Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)],
+                                    disable_tqdm=True)
+    assert roll[0] == pytest.approx(want, abs=2e-3)
+
+
+def test_bundled_task_on_a_gguf_equals_pytorch_and_onnx_refuses_generation(tiny, exports):
+    a = evaluate(tiny["llama"], "lm-eval:sst2-bundled", limit=8)
+    b = evaluate(exports["llama.cpp"], "lm-eval:sst2-bundled", limit=8)
+    assert b.n == a.n == 8 and b.value == a.value and b.extra == a.extra
+    lm = harness_model(exports["llama.cpp"])
+    prompt = "tokens a b"
+    gen = Instance(request_type="generate_until", doc={}, arguments=(prompt, {"until": ["\n\n"], "max_gen_toks": 6}), idx=0)
+    ids = tiny["llama"].tokenizer(prompt, add_special_tokens=False).input_ids
+    greedy = tiny["llama"].module.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=0)[0, len(ids):]
+    want = tiny["llama"].tokenizer.decode(greedy, skip_special_tokens=True).split("\n\n")[0]
+    assert lm.generate_until([gen], disable_tqdm=True) == [want]
+    with pytest.raises(UnsupportedModelError, match="without a KV cache"):
+        harness_model(exports["onnxruntime"]).generate_until([gen], disable_tqdm=True)

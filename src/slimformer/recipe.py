@@ -226,9 +226,9 @@ def _check_values(recipe: Recipe, where: str) -> None:
     harness = task is not None and task.startswith("lm-eval:")
     if task is not None and not harness and task not in TASKS:
         raise RecipeError(f"{where}: evaluate task {task!r} unknown; tasks: {', '.join(TASKS)}, lm-eval:NAME")
-    if harness and recipe.export.format in ("onnx", "gguf", "openvino"):
-        raise RecipeError(f"{where}: lm-eval tasks score PyTorch models, and a {recipe.export.format} export is "
-                          "scored in its runtime; evaluate with ppl, or export as hf / compressed-tensors")
+    if harness and recipe.export.format == "openvino":
+        raise RecipeError(f"{where}: lm-eval tasks score causal LMs, and the openvino export is for encoders; "
+                          "export a decoder as gguf, onnx, hf or compressed-tensors")
     if recipe.evaluate.limit is not None and (not harness or recipe.evaluate.limit < 1):
         raise RecipeError(f"{where}: evaluate limit (items per task, >= 1) applies to lm-eval tasks only")
     if recipe.export.format not in EXPORT_FORMATS:

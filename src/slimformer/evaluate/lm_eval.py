@@ -9,7 +9,8 @@ every log-likelihood through slimformer's kernels and its task code scores them.
   " positive"), metric acc;
 - any task name of lm-eval's registry (`lm-eval:hellaswag,arc_easy`): its data comes from the
   Hugging Face hub, so it needs a connection the first time (then the datasets cache).
-GGUF / ONNX / OpenVINO exports are not wrapped (no adapter yet): evaluate the PyTorch model.
+A GGUF export runs in llama.cpp and a causal ONNX export in ONNX Runtime behind the same tasks
+(lm_eval_runtime.py: the harness's calls answered from the runtime's logits, tokenized as HFLM does).
 """
 from __future__ import annotations
 
@@ -42,9 +43,11 @@ def harness_model(model: Model, batch_size: int = 1):
     except ImportError:
         raise MissingDependencyError("lm-eval tasks need lm-evaluation-harness: pip install "
                                      "'slimformer[eval]'") from None
-    if not model.is_causal or model.runtime != "torch":
-        raise UnsupportedModelError(f"lm-eval tasks score causal LMs in PyTorch; {model.name} is "
-                                    f"{'an encoder' if not model.is_causal else 'a ' + model.runtime + ' export'}")
+    if not model.is_causal:
+        raise UnsupportedModelError(f"lm-eval tasks score causal LMs; {model.name} is an encoder")
+    if model.runtime != "torch":  # an export in its runtime: its logits, HFLM's scoring rules
+        from .lm_eval_runtime import RuntimeLM
+        return RuntimeLM(model)
     return HFLM(pretrained=model.module, tokenizer=model.tokenizer, device="cpu", batch_size=batch_size,
                 max_length=model.arch.max_positions)
 

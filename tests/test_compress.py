@@ -55,6 +55,14 @@ def test_compress_writes_model_results_report(tiny, tiny_dir, tmp_path, halve_st
     assert f"| ppl perplexity (wikitext2/test) | {q0:,.2f} | {q1:,.2f} | {q1 - q0:+.2f} |" in report
     assert f"| fidelity kl vs original |  | {results['fidelity']['value']:,.4f} |  |" in report
     assert "### 1. halve (" in report and "| halved | 2 |" in report  # the stage's settings table
+    # every step's peak RSS: the stage in its log, the rest in "memory"; the report lists them all
+    steps = results["memory"]
+    assert list(steps) == ["evaluate original", "evaluate compressed", "fidelity", "bench", "write model"]
+    assert all(v > 2**20 for v in steps.values())  # a process's resident set, in bytes
+    mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
+    top = max([results["stages"][0]["peak_rss_bytes"], *steps.values()])
+    for name, v in steps.items():
+        assert f"| {name} | {mib(v)}{' (largest)' if v == top else ''} |" in report
     # The saved model is a standard HF folder with the stage applied; the original is untouched.
     saved = T.AutoModelForCausalLM.from_pretrained(out / "model")
     orig = T.AutoModelForCausalLM.from_pretrained(tiny_dir["llama"])

@@ -55,7 +55,7 @@ class Model:
     @property
     def device(self) -> torch.device:
         # the first real parameter: a lazily loaded model's are on the meta device until read
-        real = (p.device for p in self.module.parameters() if p.device.type != "meta") if self.runtime == "torch" else ()
+        real = (p.device for p in self.module.parameters() if p.device.type != "meta") if self.runtime == "torch" else iter(())
         return next(real, torch.device("cpu"))  # runtimes run on the CPU
 
     @property

@@ -137,3 +137,48 @@ def test_biases_and_a_quantized_head_go_both_ways(tiny, tmp_path):
         a, b = get_module(model.module, name), get_module(back.module, name)
         assert torch.equal(b.codes(), a.codes()) and (a.bias is None or torch.equal(a.bias, b.bias))
     assert torch.allclose(_logits(back.module), _logits(model.module), atol=1e-5)
+
+
+@pytest.mark.parametrize("quant,layout", [
+    (dict(method="gptq", bits=4, group_size=32), "compressed-tensors"),
+    (dict(bits=8, activations="dynamic"), "compressed-tensors"),
+    (dict(bits=4, group_size=32, symmetric=True, full_range=True), "slimformer"),  # llama.cpp's Q4_0 rule
+    (None, "hf")])
+def test_compress_writes_model_as_compressed_tensors_whenever_it_can(tiny, tmp_path, quant, layout):
+    """compress's model/ is compressed-tensors when the format describes every quantized layer
+    (plain transformers loads it; slimformer.load reads back the same codes), slimformer's own
+    layout otherwise with the reason in the report, a standard folder when nothing is compressed."""
+    from slimformer import compress
+    recipe = {"stages": [{"quantize": quant}] if quant else [], "calibration": CAL,
+              "evaluate": {"max_windows": 1, "seq_len": 32, "fidelity": False},
+              "bench": {"repeats": 1, "warmup": 0, "batch_sizes": [1], "seq_lens": [8], "throughput_items": 2,
+                        "throughput_seq_len": 16, "throughput_passes": 1, "decode_new_tokens": 2,
+                        "decode_prompt": 8, "decode_repeats": 1}}
+    r = compress(tiny["llama"], recipe, out=tmp_path / "out", progress=False)
+    folder = tmp_path / "out" / "model"
+    assert r.layout["format"] == layout
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["layout"] == r.layout
+    report = (tmp_path / "out" / "report.md").read_text()
+    back = load(folder)
+    assert back.log and back.log[0]["stage"] == "quantize" if quant else not back.log  # provenance kept
+    config = json.loads((folder / "config.json").read_text())
+    if layout == "slimformer":
+        assert "full-range grid" in r.layout["why"] and "(not a standard format: model.layers.0.self_attn.q_proj: compressed-tensors cannot describe a full-range" in report
+        assert "quantization_config" not in config
+        with pytest.raises(OSError):
+            T.AutoModelForCausalLM.from_pretrained(folder)
+        return
+    hf = T.AutoModelForCausalLM.from_pretrained(folder)  # plain transformers reads both others
+    if layout == "hf":
+        assert "quantization_config" not in config and "a standard Hugging Face folder" in report
+        assert torch.equal(_logits(hf), _logits(tiny["llama"].module))
+        return
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert "`model/` is compressed-tensors" in report and "vLLM" in report
+    # slimformer reads the same codes back (compress's in-memory model is not returned: rebuild it)
+    model = copy.deepcopy(tiny["llama"])
+    quantize_model(model, QuantizeConfig(**quant), CAL, progress=False)
+    for name in model.arch.linears:
+        a, b = get_module(model.module, name), get_module(back.module, name)
+        assert b.kernel == a.kernel and torch.equal(b.codes(), a.codes()) and torch.equal(b.scales, a.scales)
+    assert torch.allclose(_logits(back.module), _logits(model.module), atol=1e-5)

@@ -39,6 +39,8 @@ class CompressResult(_Serialisable):
     # peak RSS of the process (bytes) in each step after the stages (the stages' own are in their
     # logs): which step of a run held the most, e.g. for a lazily loaded model larger than memory
     memory: dict = field(default_factory=dict)
+    # how model/ was written: {"format": "hf" | "compressed-tensors" | "slimformer", "why": ...}
+    layout: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = super().to_dict()
@@ -216,6 +218,27 @@ def export_and_check(model: Model, recipe: Recipe, folder: Path, eval_kw: dict) 
     return {**res.to_dict(), "path": EXPORT_NAMES[fmt], "quality": quality.to_dict()}
 
 
+def write_model(model: Model, folder: Path) -> dict:
+    """model/ in the most widely loadable layout that holds the model exactly: a dense model as a
+    standard HF folder; quantized layers compressed-tensors can describe in that format (transformers
+    and vLLM load it; slimformer.load reads it back onto the same codes and kernels); anything else
+    (masks, low-rank factors, trimmed shapes the config cannot state, grids the format has no word
+    for, a lazily loaded model) in slimformer's own layout, the reason stated."""
+    from .export.compressed_tensors import obstacle, write_compressed_tensors
+    from .model.save import base_meta, own_layout_reason, write_meta
+    own = own_layout_reason(model)
+    why = obstacle(model) if own else None
+    if own and why is None:
+        details = write_compressed_tensors(model, folder)
+        write_meta(folder, {**base_meta(model), "layout": "compressed-tensors"})
+        return {"format": "compressed-tensors", "formats": details["formats"],
+                "loads_in": "transformers (with compressed-tensors), vLLM, slimformer.load"}
+    write_folder(model, folder)
+    if own is None:
+        return {"format": "hf", "loads_in": "transformers, slimformer.load"}
+    return {"format": "slimformer", "why": own if why == "no quantized layer" else why, "loads_in": "slimformer.load"}
+
+
 def is_main_process() -> bool:
     """False in the non-zero ranks of a multi-process launch (torchrun / accelerate launch)."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -227,7 +250,7 @@ def write_output(model: Model, result: CompressResult, out: Path, overwrite: boo
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "model").mkdir()
         with RssPeak() as mem:
-            write_folder(model, tmp / "model")
+            result.layout = write_model(model, tmp / "model")
         result.memory["write model"] = mem.peak
         if recipe is not None and recipe.export.format != "hf":
             result.export = export_and_check(model, recipe, tmp, eval_kw or {})

@@ -89,6 +89,20 @@ def check_exportable(model: Model) -> None:
     _ct()
 
 
+def obstacle(model: Model) -> str | None:
+    """Why the model cannot be written as compressed-tensors (in a sentence), or None when it can:
+    compress writes its model/ that way whenever nothing stands in the way."""
+    if not compressed_modules(model.module):
+        return "no quantized layer"
+    if model.lazy is not None:
+        return "the model was loaded lazily (the compressed-tensors writer needs the whole module)"
+    try:
+        check_exportable(model)
+    except (UnsupportedModelError, MissingDependencyError) as e:
+        return str(e).split(";")[0]
+    return None
+
+
 def _dequantized_copy(model: Model) -> tuple[nn.Module, dict[str, QuantLinear]]:
     """A deep copy of the module whose quantized linears are float linears with their
     dequantized weights (the library re-derives the codes from those)."""

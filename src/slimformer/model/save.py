@@ -33,21 +33,40 @@ def save(model: Model, out: str | os.PathLike, overwrite: bool = False, dense: b
     return out
 
 
-def write_folder(model: Model, folder: Path, dense: bool = False) -> None:
-    meta = {"slimformer_version": __version__, "source": model.source, "stages": model.log}
+def base_meta(model: Model) -> dict:
+    """slimformer.json's provenance: version, source, the stages' logs."""
+    return {"slimformer_version": __version__, "source": model.source, "stages": model.log}
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    from ..results import dumps  # strict JSON: a NaN in a stage log is written as null
+    (folder / META_FILE).write_text(dumps(meta, indent=2) + "\n")
+
+
+def own_layout_reason(model: Model) -> str | None:
+    """Why the model needs slimformer's own layout rather than a standard HF folder, or None."""
     from .shapes import config_mismatches
-    compressed = describe_modules(model.module)
-    nonstandard = [] if compressed else config_mismatches(model)
-    if (compressed or nonstandard) and dense:
+    if describe_modules(model.module):
+        return "compressed modules (quantized or low-rank linears)"
+    if config_mismatches(model):
+        return "trimmed shapes the config cannot state"
+    if model.masks:
+        return "pruning masks (stored as bitmasks)"
+    return None
+
+
+def write_folder(model: Model, folder: Path, dense: bool = False) -> None:
+    meta = base_meta(model)
+    own = own_layout_reason(model)
+    if own and not own.startswith("pruning") and dense:
         raise ValueError("a model with compressed modules (quantized, low-rank), or a trimmed one its "
                          "config cannot describe, cannot be saved as a plain dense folder; save it without dense=True")
-    if (model.masks or compressed or nonstandard) and not dense:
+    if own and not dense:
         meta.update(_write_sparse(model, folder))
     else:
         _write_dense(model, folder)
     write_tokenizer_files(model, folder)
-    from ..results import dumps  # strict JSON: a NaN in a stage log is written as null
-    (folder / META_FILE).write_text(dumps(meta, indent=2) + "\n")
+    write_meta(folder, meta)
 
 
 def write_tokenizer_files(model: Model, folder: Path) -> None:

@@ -57,6 +57,20 @@ def source_row(result) -> list[str] | None:
             f"{src['output_bytes'] / 2**20:.1f} MiB", times(src["output_ratio"]) + larger]
 
 
+LAYOUT_NAMES = {"hf": "a standard Hugging Face folder", "compressed-tensors": "compressed-tensors",
+                "slimformer": "slimformer's own layout"}
+
+
+def layout_lines(result) -> list[str]:
+    """How model/ was written and what loads it (and, for slimformer's layout, why not a standard one)."""
+    lay = getattr(result, "layout", None) or {}
+    if not lay:
+        return []
+    kind = LAYOUT_NAMES[lay["format"]] + (f" ({', '.join(lay['formats'])})" if lay.get("formats") else "")
+    why = f" (not a standard format: {lay['why']})" if lay.get("why") else ""
+    return [f"Saved model: `model/` is {kind}{why}; it loads in {lay['loads_in']}.", ""]
+
+
 def memory_section(result) -> list[str]:
     """Peak RSS of every step of the run, the largest marked: which step held the most memory
     (for a lazily loaded model, whether anything held more than one block at a time)."""
@@ -75,6 +89,7 @@ def render(result) -> str:
     lines = [f"# slimformer report: {result.model}", ""]
     lines += [f"> {n}" for n in result.notes] + ([""] if result.notes else [])
     lines += ["## Summary", "", md_table(["", "original", "compressed", "change"], summary_rows(result)), ""]
+    lines += layout_lines(result)
     lines += ["![quality vs speed](quality_vs_speed.png)", ""]
     lines += ["## Stages", ""]
     lines += stage_section(result.stages)

@@ -79,8 +79,13 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
                    f"{', '.join(e['stage'] for e in model.log) or 'none'}", ffn_width, vocab_size, kinds)
     if source_gguf is not None:
         gguf_vocab.copy_from_gguf(writer, source_gguf)
+        tokenizer = f"copied from {source_gguf.name}"
     else:
-        gguf_vocab.build_from_hf(writer, model.tokenizer, vocab_size)
+        pre = gguf_vocab.build_from_hf(writer, model.tokenizer, vocab_size)
+        tokenizer = (f"built from the HF tokenizer, llama.cpp pre-tokenizer {pre!r} (splits the probe texts "
+                     "as the HF tokenizer does)" if pre != "default" else
+                     "built from the HF tokenizer; no llama.cpp pre-tokenizer splits text as it does, so "
+                     "'default': feed llama.cpp token ids, not text")
     for name, data, kind, _ in tensors:
         if kind in ("f32", "f16"):
             writer.add_tensor(name, data)
@@ -93,7 +98,7 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
     padded = sum(ffn_width - b.ffn.width for b in arch.blocks)
     out = {"architecture": t.name, "tensor_types": dict(kinds),
            "exact_codes": sum(1 for *_, exact in tensors if exact), "ffn_zero_padding": padded,
-           "tokenizer": f"copied from {source_gguf.name}" if source_gguf else "built from the HF tokenizer"}
+           "tokenizer": tokenizer}
     if context_length(arch, t) < arch.max_positions:
         out["context_length"] = f"{context_length(arch, t)} (the sliding window: llama.cpp's {t.name} has none)"
     return out

@@ -13,8 +13,8 @@ llama.cpp's own tokenizer does (llama-vocab.cpp), with the `tokenizers` library:
   text before the model runs, as llama.cpp does; control tokens are special tokens.
 - BOS / EOS are added when the file says so (tokenizer.ggml.add_bos_token / add_eos_token).
 
-- "gpt2" (byte-level BPE, merges in the file) with pre-tokenizer "default": GPT-2's split, as
-  slimformer's own exports write it; built here because transformers picks its converter by
+- "gpt2" (byte-level BPE, merges in the file) with pre-tokenizer "default" or "gpt-2": GPT-2's
+  split, as slimformer's own exports name it for a tokenizer that splits that way; built here because transformers picks its converter by
   architecture (its Gemma converter fails on a byte-level vocabulary).
 
 Byte-level vocabularies with a named pre-tokenizer (SmolLM2's "smollm", Llama 3's, Qwen's) are
@@ -77,10 +77,13 @@ def tokenizer_from_gguf(path: Path):
     return tokenizer_from_vocab(read_vocab(path))
 
 
+GPT2_SPLIT = ("default", "gpt-2")  # llama.cpp's names for GPT-2's own regex split
+
+
 def tokenizer_from_vocab(vocab: GGUFVocab):
     if vocab.model == "llama":
         return _wrap(_spm_bpe(vocab), vocab)
-    if vocab.model == "gpt2" and vocab.pre == "default":
+    if vocab.model == "gpt2" and vocab.pre in GPT2_SPLIT:
         return _wrap(_byte_bpe(vocab), vocab)
     return None
 

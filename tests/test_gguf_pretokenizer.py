@@ -44,7 +44,9 @@ def test_smollm2_hf_tokenizer_gets_the_pre_tokenizer_that_splits_like_it(smollm2
 def test_tiny_export_names_a_pre_tokenizer_llama_cpp_tokenizes_like_hf(tiny, tmp_path):
     from slimformer.export import export
     res = export(tiny["llama"], "gguf", tmp_path / "m.gguf", dtype="f32")
-    assert "llama.cpp pre-tokenizer" in res.details["tokenizer"]
+    # the tiny tokenizer is byte-level BPE with GPT-2's regex (tests/conftest.py): the probes tell
+    # it from Llama-3's and SmolLM's splits, which are tried first
+    assert "llama.cpp pre-tokenizer 'gpt-2'" in res.details["tokenizer"]
     tok = tiny["llama"].tokenizer
     llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), vocab_only=True, verbose=False)
     texts = _held_out_texts(10)

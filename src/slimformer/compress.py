@@ -159,9 +159,9 @@ def finish(model: Model, compressed: Model, logs: list[StageLog], recipe: Recipe
                            max_windows=ev.max_windows and min(ev.max_windows, 8), progress=progress)
     if fid is not None:
         memory["fidelity"] = mem.peak
-    with RssPeak() as mem:
-        speed: Comparison = compare(model, compressed, recipe.bench)
-    memory["bench"] = mem.peak
+    speed: Comparison = compare(model, compressed, recipe.bench)  # no second sampler beside its timers
+    if max(speed.base.peak_rss_bytes, speed.other.peak_rss_bytes):  # a lazy model is not timed: none
+        memory["bench"] = max(speed.base.peak_rss_bytes, speed.other.peak_rss_bytes)
     source = source_size(model, speed)
     if source and source["output_ratio"] > 1.0:
         notes.append(larger_than_source_note(source, speed))
@@ -213,6 +213,8 @@ def export_and_check(model: Model, recipe: Recipe, folder: Path, eval_kw: dict) 
     fmt = recipe.export.format
     res = export(model, fmt, folder / EXPORT_NAMES[fmt], dtype=recipe.export.type)
     exported = open_model(folder / EXPORT_NAMES[fmt])
+    if exported.runtime == "llama.cpp":  # the file's vocabulary is the model's: score the same token ids
+        exported.tokenizer = model.tokenizer
     quality = evaluate(exported, **eval_kw)
     quality.model = f"{model.name} as {fmt} in {exported.runtime}"
     return {**res.to_dict(), "path": EXPORT_NAMES[fmt], "quality": quality.to_dict()}
@@ -252,8 +254,11 @@ def write_output(model: Model, result: CompressResult, out: Path, overwrite: boo
         with RssPeak() as mem:
             result.layout = write_model(model, tmp / "model")
         result.memory["write model"] = mem.peak
+        result.layout["bytes"] = sum(p.stat().st_size for p in (tmp / "model").glob("*.safetensors"))
         if recipe is not None and recipe.export.format != "hf":
-            result.export = export_and_check(model, recipe, tmp, eval_kw or {})
+            with RssPeak() as mem:
+                result.export = export_and_check(model, recipe, tmp, eval_kw or {})
+            result.memory["export and check"] = mem.peak
         result.to_json(tmp / "results.json")
         write_report(result, tmp)
 

@@ -49,6 +49,9 @@ class RuntimeLM(TemplateLM):
         return self.tokenizer.encode(string, **kw)
 
     def _continuation_logprobs(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+        if not continuation or len(continuation) > self.max_length:  # HFLM asserts the same
+            raise UnsupportedModelError(f"an lm-eval request with {len(continuation)} continuation tokens; "
+                                        f"1 to {self.max_length} are scored")
         ids = (context + continuation)[-(self.max_length + 1):]
         n = len(continuation)
         logits = self.model.module(input_ids=torch.tensor([ids[:-1]])).logits[0, -n:].float()
@@ -56,7 +59,13 @@ class RuntimeLM(TemplateLM):
         target = torch.tensor(continuation[-n:])
         return float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())
 
+    def _longest(self, lengths) -> None:
+        """llama.cpp opens a context per length bucket: one of the longest request serves them all."""
+        if hasattr(self.model.module, "min_ctx"):
+            self.model.module.min_ctx = min(self.max_length, max(lengths, default=0))
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_) -> list[tuple[float, bool]]:
+        self._longest(len(c) + len(x) for _, c, x in requests)
         out = []
         for strings, context, continuation in requests:
             out.append(self._continuation_logprobs(context, continuation))
@@ -64,14 +73,11 @@ class RuntimeLM(TemplateLM):
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        scores = []
-        for req in requests:
-            (text,) = req.args
-            windows = map(make_disjoint_window, get_rolling_token_windows(
-                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=1))
-            scores.append(sum(self._continuation_logprobs(list(ctx), list(cont))[0] for ctx, cont in windows))
-        return scores
+        per_text = [[(list(ctx), list(cont)) for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(
+            token_list=self.tok_encode(req.args[0]), prefix_token=self.prefix_token_id,
+            max_seq_len=self.max_length, context_len=1))] for req in requests]
+        self._longest(len(c) + len(x) for windows in per_text for c, x in windows)
+        return [sum(self._continuation_logprobs(c, x)[0] for c, x in windows) for windows in per_text]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         module = self.model.module
@@ -82,7 +88,8 @@ class RuntimeLM(TemplateLM):
         texts = []
         for req in requests:
             context, kwargs = req.args
-            until = kwargs.get("until") or [self.tokenizer.decode([self.eot_token_id])]
+            eot = [self.tokenizer.decode([self.eot_token_id])] if self.eot_token_id is not None else []
+            until = kwargs.get("until") or eot
             until = [until] if isinstance(until, str) else list(until)
             ids = self.tok_encode(context)
             max_new = int(kwargs.get("max_gen_toks", 256))
@@ -93,4 +100,5 @@ class RuntimeLM(TemplateLM):
             for stop in until:
                 text = text.split(stop)[0] if stop else text
             texts.append(text)
+            self.cache_hook.add_partial("generate_until", (context, kwargs), text)
         return texts

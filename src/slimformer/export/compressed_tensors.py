@@ -100,6 +100,11 @@ def obstacle(model: Model) -> str | None:
         check_exportable(model)
     except (UnsupportedModelError, MissingDependencyError) as e:
         return str(e).split(";")[0]
+    import psutil
+    dense = sum(q.in_features * q.out_features * 4 for q in compressed_modules(model.module).values())
+    if dense > 0.5 * psutil.virtual_memory().available:  # the writer holds a dequantized fp32 copy
+        return (f"memory: the compressed-tensors writer needs a dequantized fp32 copy of the quantized layers "
+                f"({dense / 2**30:.1f} GiB), more than half the available memory")
     return None
 
 

@@ -82,10 +82,14 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
         tokenizer = f"copied from {source_gguf.name}"
     else:
         pre = gguf_vocab.build_from_hf(writer, model.tokenizer, vocab_size)
+        from .gguf_pretokenizer import llama_cpp_version
+        version = llama_cpp_version()
         tokenizer = (f"built from the HF tokenizer, llama.cpp pre-tokenizer {pre!r} (splits the probe texts "
-                     "as the HF tokenizer does)" if pre != "default" else
-                     "built from the HF tokenizer; no llama.cpp pre-tokenizer splits text as it does, so "
-                     "'default': feed llama.cpp token ids, not text")
+                     f"as the HF tokenizer does in llama-cpp-python {version})" if pre != "default" else
+                     "built from the HF tokenizer, pre-tokenizer 'default': "
+                     + ("no pre-tokenizer of llama-cpp-python " + version + " splits text as it does"
+                        if version else "llama-cpp-python is not installed, so none was identified")
+                     + "; feed llama.cpp token ids, not text")
     for name, data, kind, _ in tensors:
         if kind in ("f32", "f16"):
             writer.add_tensor(name, data)

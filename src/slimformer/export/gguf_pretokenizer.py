@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-# llama.cpp's pre-tokenizer names, byte-level BPE families; "default" (GPT-2's split) last
+# llama.cpp's pre-tokenizer names, byte-level BPE families ("gpt-2" is GPT-2's own regex); "default"
+# (llama.cpp's fallback chain of splits) last
 CANDIDATES = ("llama-bpe", "smollm", "qwen2", "gpt-2", "gpt-4o", "deepseek-llm", "deepseek-v3", "starcoder",
               "falcon", "olmo", "stablelm2", "tekken", "command-r", "dbrx", "refact", "mpt", "bloom",
               "poro-chat", "default")
@@ -29,6 +30,14 @@ PROBES = (
     "   leading spaces and trailing   ",
     "123 4567 89012345 0.5 1/2 3:45pm 2026-12-07",
 )
+
+
+def llama_cpp_version() -> str | None:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return llama_cpp.__version__
 
 
 def identify_pre(tokenizer, write_vocab: Callable[[object, str], None]) -> str | None:

@@ -13,8 +13,9 @@ llama.cpp's own tokenizer does (llama-vocab.cpp), with the `tokenizers` library:
   text before the model runs, as llama.cpp does; control tokens are special tokens.
 - BOS / EOS are added when the file says so (tokenizer.ggml.add_bos_token / add_eos_token).
 
-- "gpt2" (byte-level BPE, merges in the file) with pre-tokenizer "default" or "gpt-2": GPT-2's
-  split, as slimformer's own exports name it for a tokenizer that splits that way; built here because transformers picks its converter by
+- "gpt2" (byte-level BPE, merges in the file) with pre-tokenizer "gpt-2" (GPT-2's split, as
+  slimformer's exports name a tokenizer that splits that way) or "default" (what its earlier
+  exports wrote for those); built here because transformers picks its converter by
   architecture (its Gemma converter fails on a byte-level vocabulary).
 
 Byte-level vocabularies with a named pre-tokenizer (SmolLM2's "smollm", Llama 3's, Qwen's) are
@@ -77,7 +78,10 @@ def tokenizer_from_gguf(path: Path):
     return tokenizer_from_vocab(read_vocab(path))
 
 
-GPT2_SPLIT = ("default", "gpt-2")  # llama.cpp's names for GPT-2's own regex split
+# "gpt-2": GPT-2's own regex. "default" is what slimformer's exports wrote before they identified the
+# pre-tokenizer (export/gguf_pretokenizer.py), always from GPT-2-split tokenizers: read as those
+# were made (llama.cpp's own "default" chain splits digits and punctuation runs differently).
+GPT2_SPLIT = ("default", "gpt-2")
 
 
 def tokenizer_from_vocab(vocab: GGUFVocab):

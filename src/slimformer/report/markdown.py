@@ -66,7 +66,8 @@ def layout_lines(result) -> list[str]:
     lay = getattr(result, "layout", None) or {}
     if not lay:
         return []
-    kind = LAYOUT_NAMES[lay["format"]] + (f" ({', '.join(lay['formats'])})" if lay.get("formats") else "")
+    details = [*lay.get("formats", []), *([mib(lay["bytes"]) + " of weights"] if lay.get("bytes") else [])]
+    kind = LAYOUT_NAMES[lay["format"]] + (f" ({', '.join(details)})" if details else "")
     why = f" (not a standard format: {lay['why']})" if lay.get("why") else ""
     return [f"Saved model: `model/` is {kind}{why}; it loads in {lay['loads_in']}.", ""]
 

@@ -54,6 +54,7 @@ class LlamaCppModule:
         arch = meta["general.architecture"]
         self.config = SimpleNamespace(vocab_size=int(meta.get(f"{arch}.vocab_size") or meta.get("_n_vocab") or 0), model_type=arch)
         self._key, self._context = None, None  # one llama.cpp context at a time: each holds a KV cache
+        self.min_ctx = 0  # a caller scoring many lengths (lm-eval) asks for one context of its longest
 
     def _llm(self, logits_all: bool, n_ctx: int):
         threads = torch.get_num_threads()
@@ -69,7 +70,7 @@ class LlamaCppModule:
     def __call__(self, input_ids: torch.Tensor, **_) -> SimpleNamespace:
         rows = []
         for ids in input_ids.tolist():
-            llm = self._llm(True, _ctx(len(ids)))
+            llm = self._llm(True, _ctx(max(len(ids), self.min_ctx)))
             llm.reset()
             llm.eval(ids)
             rows.append(torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32)))

@@ -37,6 +37,7 @@ def streaming(recipe) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["smollm2", "minilm"])
+    p.add_argument("--recipes", nargs="*", help="recipe file stems (default: every streaming recipe)")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "lazy_identical.jsonl"))
@@ -46,6 +47,8 @@ def main() -> None:
         eager = slimformer.load(name)
         for path in sorted(RECIPES.glob("*.yaml")):
             recipe = load_recipe(path)
+            if args.recipes and path.stem not in args.recipes:
+                continue
             if not streaming(recipe) or (eager.is_causal is False and "decoder" in path.name):
                 continue
             recipe.calibration = dataclasses.replace(recipe.calibration, samples=args.samples, seq_len=args.seq_len)

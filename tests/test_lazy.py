@@ -56,6 +56,7 @@ def test_lazy_forward_streams_blocks_and_equals_eager(tiny, tiny_dir, family):
 @pytest.mark.parametrize("stage", [{"quantize": {"method": "gptq", "bits": 4, "group_size": 32}},
                                    {"quantize": {"method": "rtn", "bits": 8, "activations": "dynamic"}},
                                    {"quantize": {"method": "rtn", "bits": 8, "lm_head": True}},
+                                   {"quantize": {"method": "rtn", "bits": 8, "activations": "static"}},
                                    {"prune": {"method": "sparsegpt", "sparsity": 0.5}}])
 def test_lazy_stage_saves_the_same_tensors_as_eager(tiny, tiny_dir, family, stage, tmp_path):
     recipe = parse_recipe({"calibration": CAL, "stages": [stage]})

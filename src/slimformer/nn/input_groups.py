@@ -80,7 +80,11 @@ def _same_format(ms: list[QuantLinear]) -> bool:
     a = ms[0]
 
     def same(t, u):
-        return (t is None and u is None) or (t is not None and u is not None and torch.equal(t, u))
+        if t is None or u is None:
+            return t is None and u is None
+        if t.is_meta or u.is_meta:  # a lazily loaded block on disk: values unknown, so not fused
+            return False
+        return torch.equal(t, u)
     return all(m.kernel == a.kernel and m.spec == a.spec and m.act == a.act and m.granularity == a.granularity
                and m.in_features == a.in_features and same(m.input_scale, a.input_scale)
                and same(m.act_scale, a.act_scale) for m in ms)

@@ -22,7 +22,8 @@ PAIRS = [("The capital of France is", " Paris and it is large"),
 
 
 def _own_loglikelihood(model, context: str, continuation: str) -> float:
-    """sum log p(continuation tokens | everything before), from the module's logits, by hand."""
+    """sum log p(continuation tokens | everything before), from the module's logits (PyTorch or an
+    export's runtime adapter), by hand."""
     tok = model.tokenizer
     ctx = tok(context, add_special_tokens=False).input_ids
     whole = tok(context + continuation, add_special_tokens=False).input_ids
@@ -96,15 +97,6 @@ def test_compress_scores_original_and_compressed_on_the_same_lm_eval_items(tiny,
         parse_recipe({"evaluate": {"task": "ppl", "limit": 3}})
 
 
-def _runtime_loglikelihood(model, context: str, continuation: str) -> float:
-    """The same sum from an export's own logits (its runtime), by hand."""
-    tok = model.tokenizer
-    ctx = tok(context, add_special_tokens=False).input_ids
-    cont = tok(context + continuation, add_special_tokens=False).input_ids[len(ctx):]
-    logp = torch.log_softmax(model.module(input_ids=torch.tensor([ctx + cont])).logits.double(), -1)[0]
-    return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont)))
-
-
 @pytest.fixture(scope="module")
 def exports(tiny, tmp_path_factory):
     """The tiny llama as an F32 GGUF (llama.cpp) and an ONNX graph (ONNX Runtime)."""
@@ -126,7 +118,7 @@ def test_harness_scores_an_export_in_its_runtime_like_pytorch(tiny, exports, run
     lm = harness_model(model)
     reqs = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(PAIRS)]
     got = [ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)]
-    assert got == pytest.approx([_runtime_loglikelihood(model, c, x) for c, x in PAIRS], abs=1e-4)
+    assert got == pytest.approx([_own_loglikelihood(model, c, x) for c, x in PAIRS], abs=1e-4)
     assert got == pytest.approx([_own_loglikelihood(tiny["llama"], c, x) for c, x in PAIRS], abs=2e-3)
     text = "tokens a b c tokens x y z tokens"
     ids = model.tokenizer(text, add_special_tokens=False).input_ids

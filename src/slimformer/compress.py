@@ -160,8 +160,9 @@ def finish(model: Model, compressed: Model, logs: list[StageLog], recipe: Recipe
     if fid is not None:
         memory["fidelity"] = mem.peak
     speed: Comparison = compare(model, compressed, recipe.bench)  # no second sampler beside its timers
-    if max(speed.base.peak_rss_bytes, speed.other.peak_rss_bytes):  # a lazy model is not timed: none
-        memory["bench"] = max(speed.base.peak_rss_bytes, speed.other.peak_rss_bytes)
+    bench_peak = max(speed.base.peak_rss_bytes, speed.other.peak_rss_bytes)
+    if bench_peak:  # a lazy model is not timed: no bench step
+        memory["bench"] = bench_peak
     source = source_size(model, speed)
     if source and source["output_ratio"] > 1.0:
         notes.append(larger_than_source_note(source, speed))

@@ -10,8 +10,9 @@ alternating rounds (best of each), ratios against fp32 PyTorch in the same run a
   (with its pooling and normalisation) at OpenVINO's default CPU precision (bf16 where the CPU
   has it) and at f32; `nncf.quantize` of that IR (300 STS-B train sentences, model type
   transformer): NNCF's post-training int8 of the original;
-- slimformer W8A8 as the default recipe makes it (GPTQ + SmoothQuant 0.5, dynamic activations)
-  and its static-activation variant (calibrated per-tensor scales), exported with
+- slimformer W8A8 as the default recipe makes it (GPTQ + SmoothQuant 0.5, dynamic activations),
+  its static-activation variant (calibrated per-tensor scales) and the OpenVINO recipe's
+  (recipes/w8a8-openvino.yaml: asymmetric static ranges, int8 attention scores), exported with
   `--format openvino` and with `--format onnx` (ONNX Runtime), the same codes in both;
 - with --trimmed DIR: a compressed model folder (e.g. trimmed + recovered + W8A8) exported both ways.
 """
@@ -37,7 +38,10 @@ from slimformer.runtime.openvino import OpenVinoModule
 from common import append_row, fastest_encoders, quality
 
 W8A8 = {"dynamic": dict(method="gptq", bits=8, activations="dynamic", smoothquant=0.5),
-        "static": dict(method="gptq", bits=8, activations="static", smoothquant=0.5)}
+        "static": dict(method="gptq", bits=8, activations="static", smoothquant=0.5),
+        # recipes/w8a8-openvino.yaml: asymmetric static ranges (uint8 kernels) and int8 attention scores
+        "static asymmetric + int8 attention": dict(method="gptq", bits=8, activations="static", smoothquant=0.5,
+                                                   act_symmetric=False, attention="int8")}
 
 
 class _Embedder(torch.nn.Module):

@@ -2,7 +2,8 @@
 
 A method asks for what it needs: "norms" (sum of squares per input channel: Wanda, OWL, trim
 scores), "mean" (sum per input channel: FLAP's fluctuation and bias compensation),
-"hessian" (sum of x x^T: SparseGPT, GPTQ), "absmax" (max |x| per channel: SmoothQuant, ranges), "sample" (up to SAMPLE_ROWS random token
+"hessian" (sum of x x^T: SparseGPT, GPTQ), "absmax" (max |x| per channel: SmoothQuant, ranges),
+"range" (min and max per channel: asymmetric activation ranges), "sample" (up to SAMPLE_ROWS random token
 rows of every forward call, with a fixed seed: AWQ's scale search).
 Padding positions are excluded through the token mask the engine sets per sample.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-KINDS = ("norms", "mean", "hessian", "absmax", "sample")
+KINDS = ("norms", "mean", "hessian", "absmax", "range", "sample")
 SAMPLE_ROWS = 128  # per forward call; 64 calibration windows give 8192 tokens
 GRAM_CHUNK = 128  # column block of the symmetric product below
 
@@ -46,6 +47,8 @@ class LinearStats:
     sum: torch.Tensor | None = None  # [in], float64
     xtx: torch.Tensor | None = None  # [in, in], float64 for a well-conditioned sum
     absmax: torch.Tensor | None = None  # [in]
+    amin: torch.Tensor | None = None  # [in]
+    amax: torch.Tensor | None = None  # [in]
     rows: list = field(default_factory=list, repr=False)  # sampled token rows, [k, in] each
     token_mask: torch.Tensor | None = field(default=None, repr=False)  # set by the engine per sample
 
@@ -73,6 +76,10 @@ class LinearStats:
         if "absmax" in self.want:
             a = x.abs().amax(0)
             self.absmax = a if self.absmax is None else torch.maximum(self.absmax, a)
+        if "range" in self.want:
+            lo, hi = x.amin(0), x.amax(0)
+            self.amin = lo if self.amin is None else torch.minimum(self.amin, lo)
+            self.amax = hi if self.amax is None else torch.maximum(self.amax, hi)
         if "sample" in self.want:
             g = torch.Generator().manual_seed(len(self.rows))
             pick = torch.randperm(x.shape[0], generator=g)[:SAMPLE_ROWS]
@@ -112,6 +119,9 @@ class LinearStats:
             self.xtx.mul_(d64[:, None]).mul_(d64[None, :])
         if self.absmax is not None:
             self.absmax = self.absmax * d.abs()
+        if self.amin is not None:  # a negative factor swaps a channel's ends
+            lo, hi = self.amin * d, self.amax * d
+            self.amin, self.amax = torch.minimum(lo, hi), torch.maximum(lo, hi)
         self.rows = [r * d for r in self.rows]
 
     def hessian(self, dtype: torch.dtype = torch.float32, release: bool = False) -> torch.Tensor:

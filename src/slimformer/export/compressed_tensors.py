@@ -46,6 +46,10 @@ def scheme_of(mod: QuantLinear) -> tuple[dict | None, str | None]:
     spec = mod.spec
     if mod.input_scale is not None:
         return None, "an unfolded smoothing vector (input_scale)"
+    if mod.act_zero is not None:
+        return None, "an asymmetric static activation range (zero point)"
+    if mod.out_scale is not None:
+        return None, "an int8 output grid (int8 attention inputs)"
     if spec.full_range:
         return None, "a full-range grid (llama.cpp's Q4_0 rule: negative scales)"
     if spec.bits not in (4, 8):

@@ -3,7 +3,7 @@
 Dense models are written with transformers' save_pretrained, so plain transformers loads them.
 A model with pruning masks or quantized linears is written as `slimformer.safetensors` (pruned
 weights in the bitmask-v1 layout of sparse_io.py; quantized linears as their QuantLinear buffers,
-`<name>.qweight / .scales / .zeros [/ .bias / .input_scale / .act_scale]`, described per layer in
+`<name>.qweight / .scales / .zeros [/ .bias / .input_scale / .act_scale / .act_zero]`, described per layer in
 slimformer.json under "quant"; the rest as is, linear [out, in] layout) plus the usual config
 and tokenizer; `slimformer.load` restores bit-identical weights, masks and kernels. Plain
 transformers refuses such a folder (no model.safetensors) instead of loading it wrongly.

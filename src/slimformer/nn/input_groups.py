@@ -52,7 +52,7 @@ class InputGroup:
                 torch.cat([m.codes() for m in ms]), torch.cat([m.scales for m in ms]),
                 torch.cat([m.zeros for m in ms]), first.spec, bias, first.act, first.kernel,
                 first.input_scale, float(first.act_scale) if first.act_scale is not None else None,
-                first.granularity)
+                first.granularity, float(first.act_zero) if first.act_zero is not None else None)
         return self._fused
 
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,7 @@ def _same_format(ms: list[QuantLinear]) -> bool:
         return torch.equal(t, u)
     return all(m.kernel == a.kernel and m.spec == a.spec and m.act == a.act and m.granularity == a.granularity
                and m.in_features == a.in_features and same(m.input_scale, a.input_scale)
-               and same(m.act_scale, a.act_scale) for m in ms)
+               and same(m.act_scale, a.act_scale) and same(m.act_zero, a.act_zero) for m in ms)
 
 
 def link_input_groups(root, groups: list[list[str]]) -> int:

@@ -65,12 +65,20 @@ def int8_per_token(x2: torch.Tensor, w_t: torch.Tensor, w_colsum: torch.Tensor,
     return acc.mul_(s).mul_(w_scale)
 
 
-def int8_static(x2: torch.Tensor, inv_scale: torch.Tensor, w_t: torch.Tensor, out_scale: torch.Tensor
-                ) -> torch.Tensor:
-    """Symmetric per-tensor activations with a calibrated scale; inv_scale may be a [K] vector
-    (SmoothQuant's 1/s folded with 1/act_scale)."""
-    q = torch.round(x2 * inv_scale).clamp_(-128, 127).to(torch.int8)
-    return int_mm(q, w_t).mul_(out_scale)
+def int8_static(x2: torch.Tensor, inv_scale: torch.Tensor, w_t: torch.Tensor, out_scale: torch.Tensor,
+                zero: int | None = None, z_colsum: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-tensor activations with a calibrated scale; inv_scale may be a [K] vector
+    (SmoothQuant's 1/s folded with 1/act_scale). An asymmetric range adds its zero point before
+    rounding to int8 and removes it after the integer product (z_colsum = z * the weight codes'
+    row sums, [N])."""
+    q = torch.round(x2 * inv_scale)
+    if zero:
+        q = q.add_(zero)
+    q = q.clamp_(-128, 127).to(torch.int8)
+    acc = int_mm(q, w_t)
+    if zero:
+        acc = acc.sub_(z_colsum)
+    return acc.mul_(out_scale)
 
 
 def fbgemm_pack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):

@@ -3,14 +3,19 @@
 Stored (state_dict, what is saved): `qweight` (int8 [out, in], or for <= 4 bits two codes per
 byte, uint8 [out, ceil(in / 2)]), `scales` fp32 [out, groups], `zeros` int8 [out, groups],
 optional `bias`, optional `input_scale` [in] (a smoothing factor x -> x * input_scale that could
-not be folded into a preceding layer), optional `act_scale` (static activation range).
+not be folded into a preceding layer), optional `act_scale` (static activation range) and, for an
+asymmetric static range, `act_zero` (its zero point on the int8 grid: q = clamp(round(x / s) + z,
+-128, 127), x ~ (q - z) s; symmetric ranges have none, z = 0). A layer whose output feeds an
+integer product elsewhere (a query or key projection, for int8 attention scores) also holds
+`out_scale` [and `out_zero`]: its output leaves on that static int8 grid, fake-quantized here and
+written as a Q/DQ pair by the exports, which the runtime's attention fuses into int8 kernels.
 Kernel-specific packed forms are rebuilt from those on first use, so a saved and reloaded layer
 computes bit-identical outputs.
 
 Kernels (kernels.py): "int8_dynamic" (int8 weights, 8-bit dynamic activations, one scale per
 token, or per tensor with `granularity="tensor"`: fbgemm's fused kernel where it is exact, the same
 arithmetic on torch._int_mm on CPUs without VNNI; see kernels.fbgemm_exact),
-"int8_static" (calibrated per-tensor activation scale), "int4_weight" (int4 weights, bf16
+"int8_static" (calibrated per-tensor activation scale, and zero point when asymmetric), "int4_weight" (int4 weights, bf16
 activations), "int8_weight" (int8 weights, bf16 activations) and "simulated": the weight is
 dequantized to fp32 and activations fake-quantized, for research only; reports name it as such
 and never quote its speed.
@@ -25,6 +30,7 @@ from .registry import register_module
 from .spec import QuantSpec, dequantize, pack_int4, unpack_int4
 
 ACTIVATIONS = ("none", "dynamic", "static")
+OUTPUTS = ("none", "symmetric", "asymmetric")  # the output's static int8 grid (see the docstring)
 KERNELS = ("int8_dynamic", "int8_static", "int8_weight", "int4_weight", "simulated")
 
 
@@ -45,7 +51,7 @@ def real_kernel(spec: QuantSpec, act: str, in_features: int) -> str | None:
 class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = False,
                  act: str = "none", kernel: str = "simulated", input_scale: bool = False,
-                 granularity: str = "token"):
+                 granularity: str = "token", act_symmetric: bool = True, out: str = "none"):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.spec, self.act, self.kernel = spec, act, kernel
@@ -59,6 +65,11 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
         self.register_buffer("act_scale", torch.ones(()) if act == "static" else None)
+        self.register_buffer("act_zero", torch.zeros(()) if act == "static" and not act_symmetric else None)
+        if out not in OUTPUTS:
+            raise ValueError(f"out must be one of {OUTPUTS}, got {out!r}")
+        self.register_buffer("out_scale", torch.ones(()) if out != "none" else None)
+        self.register_buffer("out_zero", torch.zeros(()) if out == "asymmetric" else None)
         self._cache: dict = {}
         self._group, self._index = None, 0  # input_groups.InputGroup: a runtime link, never saved
 
@@ -72,9 +83,11 @@ class QuantLinear(nn.Module):
     def from_codes(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, spec: QuantSpec,
                    bias: torch.Tensor | None = None, act: str = "none", kernel: str = "simulated",
                    input_scale: torch.Tensor | None = None, act_scale: float | None = None,
-                   granularity: str = "token") -> "QuantLinear":
+                   granularity: str = "token", act_zero: float | None = None) -> "QuantLinear":
+        """act_zero: the static range's zero point (an integer in [-128, 127]); None: symmetric."""
         out_f, in_f = q.shape
-        m = cls(in_f, out_f, spec, bias is not None, act, kernel, input_scale is not None, granularity)
+        m = cls(in_f, out_f, spec, bias is not None, act, kernel, input_scale is not None, granularity,
+                act_symmetric=act_zero is None)
         m.qweight.copy_(pack_int4(q) if spec.bits <= 4 else q.to(torch.int8))
         m.scales.copy_(scales.float())
         m.zeros.copy_(zeros.to(torch.int8))
@@ -84,6 +97,8 @@ class QuantLinear(nn.Module):
             m.input_scale.copy_(input_scale.float())
         if act_scale is not None:
             m.act_scale.fill_(float(act_scale))
+        if m.act_zero is not None:
+            m.act_zero.fill_(float(act_zero))
         return m.to(q.device)  # where the codes were computed (the engine's device)
 
     def describe(self) -> dict:
@@ -91,13 +106,23 @@ class QuantLinear(nn.Module):
                 "full_range": self.spec.full_range,
                 "act": self.act, "kernel": self.kernel, "in": self.in_features, "out": self.out_features,
                 "bias": self.bias is not None, "input_scale": self.input_scale is not None,
-                "granularity": self.granularity}
+                "granularity": self.granularity, "act_symmetric": self.act_zero is None, "out_grid": self.out}
 
     @classmethod
     def from_description(cls, desc: dict) -> "QuantLinear":
         spec = QuantSpec(desc["bits"], desc["group_size"], desc["symmetric"], desc.get("full_range", False))
         return cls(desc["in"], desc["out"], spec, desc["bias"], desc["act"], desc["kernel"], desc["input_scale"],
-                   desc.get("granularity", "token"))
+                   desc.get("granularity", "token"), desc.get("act_symmetric", True), desc.get("out_grid", "none"))
+
+    @property
+    def out(self) -> str:
+        return "none" if self.out_scale is None else "symmetric" if self.out_zero is None else "asymmetric"
+
+    def quantize_output(self, scale: float, zero: float | None) -> "QuantLinear":
+        """Put this layer's output on a static int8 grid (zero None: symmetric); in place."""
+        self.register_buffer("out_scale", torch.tensor(float(scale), device=self.qweight.device))
+        self.register_buffer("out_zero", None if zero is None else torch.tensor(float(zero), device=self.qweight.device))
+        return self
 
     def to_onnx(self, g, x: str, name: str, lower) -> str:
         from .quant_linear_onnx import quant_linear_to_onnx
@@ -152,9 +177,12 @@ class QuantLinear(nn.Module):
             w_t = q.t()
             inv = (smooth / self.act_scale) if smooth is not None else 1.0 / self.act_scale
             out_scale = self.scales[:, 0] * self.act_scale
+            zero = None if self.act_zero is None else int(self.act_zero)
+            # an asymmetric range: sum_k (q_k - z) w_k = q.w - z colsum(w), exact in int32
+            z_colsum = None if not zero else (zero * q.sum(1, dtype=torch.int32)).float()
 
             def fn(x2):
-                y = kernels.int8_static(x2, inv, w_t, out_scale)
+                y = kernels.int8_static(x2, inv, w_t, out_scale, zero, z_colsum)
                 return y if bias is None else y.add_(bias)
         elif self.kernel in ("int4_weight", "int8_weight"):
             if self.kernel == "int4_weight":
@@ -182,8 +210,13 @@ class QuantLinear(nn.Module):
         if x.dtype is not torch.float32:  # the kernels take fp32 (int4 / int8 weight-only cast to bf16)
             return self.forward(x.float()).to(x.dtype)
         if self._group is not None:  # q/k/v or gate/up: one kernel call for the group (input_groups.py)
-            return self._group.output(self._index, x)
-        return self._prepared()(x)
+            y = self._group.output(self._index, x)
+        else:
+            y = self._prepared()(x)
+        if self.out_scale is None:
+            return y
+        z = 0.0 if self.out_zero is None else float(self.out_zero)
+        return (torch.round(y / self.out_scale).add_(z).clamp_(-128, 127) - z) * self.out_scale
 
     def _simulated(self, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.act == "dynamic":
@@ -191,11 +224,13 @@ class QuantLinear(nn.Module):
             q, s, z = kernels.quantize_tokens(rows)
             x2 = ((q.float() - z) * s).view_as(x2)
         elif self.act == "static":
-            x2 = torch.round(x2 / self.act_scale).clamp(-128, 127) * self.act_scale
+            z = 0.0 if self.act_zero is None else float(self.act_zero)
+            x2 = (torch.round(x2 / self.act_scale).add(z).clamp(-128, 127) - z) * self.act_scale
         return x2 @ weight.T
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, {self.spec.describe()}, act={self.act}, kernel={self.kernel}"
+        out = "" if self.out_scale is None else f", out={self.out} int8"
+        return f"{self.in_features}, {self.out_features}, {self.spec.describe()}, act={self.act}, kernel={self.kernel}{out}"
 
 
 def _any_shape(fn2d, in_features: int, out_features: int):

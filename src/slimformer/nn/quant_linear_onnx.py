@@ -12,6 +12,22 @@ import torch
 
 
 def quant_linear_to_onnx(g, x: str, mod, name: str) -> str:
+    y = _linear(g, x, mod, name)
+    if mod.out_scale is None:
+        return y
+    # the output's static grid as a Q/DQ pair: OpenVINO fuses it into the integer attention product
+    # that reads it; ONNX Runtime computes the same rounding in float
+    g.counts["int8_output"] = g.counts.get("int8_output", 0) + 1
+    z = 0 if mod.out_zero is None else int(mod.out_zero)
+    scale = g.const(mod.out_scale, f"{name}.output_scale")
+    if g.form == "qdq":  # signed: OpenVINO's int8 attention takes i8 inputs
+        zero = g.const(np.int8(z), f"{name}.output_zero", dtype=np.int8)
+    else:  # ONNX Runtime's Q/DQ transforms expect the uint8 form used everywhere else here
+        zero = g.const(np.uint8(z + 128), f"{name}.output_zero", dtype=np.uint8)
+    return g.op("DequantizeLinear", [g.op("QuantizeLinear", [y, scale, zero]), scale, zero])
+
+
+def _linear(g, x: str, mod, name: str) -> str:
     bias = g.const(mod.bias, f"{name}.bias") if mod.bias is not None else None
     if g.form == "qdq":  # OpenVINO (quant_linear_qdq.py)
         from .quant_linear_qdq import quant_linear_to_qdq
@@ -31,8 +47,9 @@ def quant_linear_to_onnx(g, x: str, mod, name: str) -> str:
     w_scale = mod.scales[:, 0].float()
     if mod.act == "static":
         g.counts["w8a8_static"] = g.counts.get("w8a8_static", 0) + 1
+        zero = 128 + (0 if mod.act_zero is None else int(mod.act_zero))  # the int8 grid's z, as uint8
         xq = g.op("QuantizeLinear", [x, g.const(mod.act_scale, f"{name}.act_scale"),
-                                     g.const(np.uint8(128), f"{name}.act_zero", dtype=np.uint8)])
+                                     g.const(np.uint8(zero), f"{name}.act_zero", dtype=np.uint8)])
         acc = g.op("MatMulInteger", [xq, codes, f"{name}.act_zero", w_zero])
         y = g.op("Mul", [g.op("Cast", [acc], to=1), g.const(w_scale * mod.act_scale, f"{name}.out_scale")])
     elif mod.granularity == "tensor":

@@ -5,8 +5,9 @@ compressed weight, and its CPU plugin's low-precision transformations run the Ma
 
 The constants are slimformer's codes and scales as they are, never re-quantized:
 - weights: DequantizeLinear(int8 codes^T [in, out], per-output-channel scales, zero point 0);
-- static activations: QuantizeLinear -> DequantizeLinear with the calibrated scale, symmetric
-  int8 (zero 0), which is slimformer's grid round(x / s) clamped to [-128, 127] exactly;
+- static activations: QuantizeLinear -> DequantizeLinear with the calibrated scale and zero point
+  (0 when symmetric), int8, which is slimformer's grid round(x / s) + z clamped to [-128, 127]
+  exactly;
 - dynamic activations: no constant range can describe them, so the activation stays float and
   the runtime quantizes it on the fly (OpenVINO's dynamic quantization of compressed-weight
   layers); the result is within int8 rounding of slimformer's, not bit-equal;
@@ -38,7 +39,8 @@ def quant_linear_to_qdq(g, x: str, mod, name: str) -> str:
     if mod.act == "static":
         _count(g, "w8a8_static")
         scale = g.const(mod.act_scale, f"{name}.act_scale")
-        zero = g.const(np.int8(0), f"{name}.act_zero", dtype=np.int8)
+        z = 0 if mod.act_zero is None else int(mod.act_zero)  # asymmetric: OpenVINO runs it as uint8
+        zero = g.const(np.int8(z), f"{name}.act_zero", dtype=np.int8)
         x = g.op("DequantizeLinear", [g.op("QuantizeLinear", [x, scale, zero]), scale, zero])
     else:
         _count(g, "w8a8_dynamic" if mod.act == "dynamic" else "int8_weight")

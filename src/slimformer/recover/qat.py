@@ -33,11 +33,13 @@ def fake_quant_weight(w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
     return (q - z) * s
 
 
-def fake_quant_act(x: torch.Tensor, act: str, granularity: str, act_scale: torch.Tensor | None) -> torch.Tensor:
-    """Activations as the int8 kernels see them: symmetric static scale, or asymmetric dynamic
-    ranges (per token or per tensor), matching kernels.quantize_tokens."""
+def fake_quant_act(x: torch.Tensor, act: str, granularity: str, act_scale: torch.Tensor | None,
+                   act_zero: torch.Tensor | None = None) -> torch.Tensor:
+    """Activations as the int8 kernels see them: a static scale (and zero point when asymmetric),
+    or asymmetric dynamic ranges (per token or per tensor), matching kernels.quantize_tokens."""
     if act == "static":
-        return torch.clamp(_round_ste(x / act_scale), -128, 127) * act_scale
+        z = 0.0 if act_zero is None else act_zero
+        return (torch.clamp(_round_ste(x / act_scale) + z, -128, 127) - z) * act_scale
     rows = x.reshape(1, -1) if granularity == "tensor" else x.reshape(-1, x.shape[-1])
     with torch.no_grad():
         lo = rows.amin(1, keepdim=True).clamp(max=0)
@@ -63,24 +65,32 @@ class FakeQuantLinear(nn.Module):
         self.register_buffer("zeros", qlin.zeros.clone())
         self.register_buffer("input_scale", None if qlin.input_scale is None else qlin.input_scale.clone())
         self.register_buffer("act_scale", None if qlin.act_scale is None else qlin.act_scale.clone())
+        self.register_buffer("act_zero", None if qlin.act_zero is None else qlin.act_zero.clone())
+        self.register_buffer("out_scale", None if qlin.out_scale is None else qlin.out_scale.clone())
+        self.register_buffer("out_zero", None if qlin.out_zero is None else qlin.out_zero.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = x * self.input_scale
         if self.act != "none":
-            x = fake_quant_act(x, self.act, self.granularity, self.act_scale)
+            x = fake_quant_act(x, self.act, self.granularity, self.act_scale, self.act_zero)
         w = fake_quant_weight(self.weight, self.scales, self.zeros, self.spec)
-        return nn.functional.linear(x, w, self.bias)
+        y = nn.functional.linear(x, w, self.bias)
+        return y if self.out_scale is None else fake_quant_act(y, "static", "tensor", self.out_scale, self.out_zero)
 
     @torch.no_grad()
     def to_quant(self) -> QuantLinear:
         g = group_index(self.in_features, self.spec)
         z = self.zeros.float()[:, g]
         q = torch.clamp(torch.round(self.weight.float() / self.scales[:, g]) + z, self.spec.qmin, self.spec.qmax)
-        return QuantLinear.from_codes(
+        qlin = QuantLinear.from_codes(
             q.to(torch.int8), self.scales, self.zeros, self.spec,
             None if self.bias is None else self.bias.detach(), self.act, self.desc["kernel"],
-            self.input_scale, None if self.act_scale is None else float(self.act_scale), self.granularity)
+            self.input_scale, None if self.act_scale is None else float(self.act_scale), self.granularity,
+            None if self.act_zero is None else float(self.act_zero))
+        if self.out_scale is not None:
+            qlin.quantize_output(float(self.out_scale), None if self.out_zero is None else float(self.out_zero))
+        return qlin
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, {self.spec.describe()}, act={self.act} (fake-quantized)"

@@ -7,7 +7,8 @@ the same shapes: unequal FFN widths (global allocation) are zero-padded to the w
 exact; unequal head counts are refused. What the target architecture computes is checked against
 the ArchMap first (gguf_targets.py); tensors are laid out in gguf_tensors.py, the header in
 gguf_meta.py. Quantized linears whose grid a GGML type holds exactly keep slimformer's codes
-(gguf_blocks.py); other weights are written in `dtype` (f32, f16, or llama.cpp's own
+(gguf_blocks.py), and GgmlLinear layers (quantize: {ggml: TYPE}) their blocks as they are
+(nn/ggml_blocks.py); other weights are written in `dtype` (f32, f16, or llama.cpp's own
 round-to-nearest q8_0 / q4_0 / q4_1).
 """
 from __future__ import annotations

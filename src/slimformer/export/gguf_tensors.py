@@ -93,7 +93,15 @@ def block_tensors(root: nn.Module, arch: ArchMap, blk: BlockMap, t: Target, dtyp
 def linear_tensor(mod: nn.Module, name: str, dtype: str, order: torch.Tensor | None = None, pad: int = 0,
                   pad_columns: bool = False, halves: int = 1) -> tuple[np.ndarray, str, bool]:
     """(data, GGML type, whether slimformer's own integer codes went in exactly)."""
+    from ..nn.ggml_blocks import pack
+    from ..nn.ggml_linear import GgmlLinear
     from ..nn.quant_linear import QuantLinear
+    if isinstance(mod, GgmlLinear):  # its codes and stored numbers are the blocks' (rows reordered at most)
+        grid = mod.grid()
+        u, stored = mod.u(), grid.stored
+        if order is not None:
+            u, stored = u[order], {k: v[order] for k, v in stored.items()}
+        return pack(u, mod.type, stored), mod.type.name, True
     if isinstance(mod, QuantLinear):
         if mod.input_scale is not None:
             raise UnsupportedModelError(f"{name} carries an unfolded smoothing vector (input_scale), which "

@@ -35,12 +35,17 @@ def rtn(W: torch.Tensor, spec: QuantSpec):
 
 
 @torch.no_grad()
-def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128, damp: float = 0.01,
-         act_order: bool = False, keep: torch.Tensor | None = None, overwrite_h: bool = False) -> GPTQResult:
+def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec | None, blocksize: int = 128, damp: float = 0.01,
+         act_order: bool = False, keep: torch.Tensor | None = None, overwrite_h: bool = False,
+         grid=None) -> GPTQResult:
     """GPTQ on one linear. `keep` (a pruning mask) keeps pruned weights exactly zero.
-    overwrite_h: H is a float64 temporary the caller hands over (inverted in place, no copies)."""
+    overwrite_h: H is a float64 temporary the caller hands over (inverted in place, no copies).
+    grid: a fixed nn.ggml_grid.GgmlGrid (its scales and mins chosen beforehand) instead of `spec`'s
+    groups; the result's q then holds the grid's codes and scales / zeros are None."""
     W = W.detach().clone().float()
     rows, cols = W.shape
+    if grid is not None:  # every group's parameters are fixed: GPTQ only chooses the codes
+        spec, width = QuantSpec(8, grid.type.sub), grid.type.sub
     width = spec.width(cols)
     n_groups = spec.groups(cols)
     diag = torch.diag(H).clone()
@@ -52,7 +57,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128
     W[:, diag == 0] = 0
     scales = torch.ones(rows, n_groups)
     zeros = torch.zeros(rows, n_groups)
-    if act_order or not spec.group_size:  # static groups: parameters from the original weights
+    if grid is None and (act_order or not spec.group_size):  # static groups: parameters from the original weights
         for g, c0 in enumerate(range(0, cols, width)):
             scales[:, g], zeros[:, g] = params_for(W[:, c0:c0 + width], spec)
     # The column loop works on transposed copies ([columns, rows], so one column is one contiguous
@@ -61,7 +66,8 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128
     Wp = W[:, perm] if act_order else W  # updated in place either way; W itself is not read after
     keep_t = (keep[:, perm] if act_order else keep).t() if keep is not None else None
     Qt = torch.zeros(cols, rows)
-    if spec.group_size and not act_order:  # groups never straddle a column block
+    dynamic_groups = grid is None and spec.group_size and not act_order
+    if dynamic_groups:  # groups never straddle a column block
         blocksize = width * max(1, blocksize // width)
     for b0 in range(0, cols, blocksize):
         b1 = min(b0 + blocksize, cols)
@@ -71,11 +77,15 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128
         for i in range(b1 - b0):
             c = int(perm[b0 + i])
             g = c // width
-            if spec.group_size and not act_order and c % width == 0:
+            if dynamic_groups and c % width == 0:
                 scales[:, g], zeros[:, g] = params_for(W1[i:i + width].t(), spec)
             w = W1[i]
-            s, z = scales[:, g], zeros[:, g]
-            deq = (quantize_with(w[:, None], s, z, spec)[:, 0] - z) * s
+            if grid is not None:
+                s, b = grid.s[:, g], grid.b[:, g]
+                deq = grid.value(grid.codes(w, s, b), s, b)
+            else:
+                s, z = scales[:, g], zeros[:, g]
+                deq = (quantize_with(w[:, None], s, z, spec)[:, 0] - z) * s
             if keep_t is not None:
                 deq = deq * keep_t[b0 + i]
             e = (w - deq) / U1[i, i]
@@ -87,6 +97,8 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128
     deq = Qt.t()
     if act_order:
         deq = torch.empty_like(deq).index_copy_(1, perm, deq)  # back to the original column order
+    if grid is not None:
+        return GPTQResult(grid.quantize(deq).to(torch.int16), None, None, info)
     g_of = torch.arange(cols) // width
     q = torch.round(deq / scales[:, g_of] + zeros[:, g_of]).clamp(spec.qmin, spec.qmax)
     return GPTQResult(q.to(torch.int8), scales, zeros.to(torch.int8), info)

@@ -15,10 +15,15 @@ from ..data.calibration import calibration_set
 from ..engine import block_scope, run_sequential
 from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module, set_module
+from ..nn.ggml_grid import choose_grid
+from ..nn.ggml_linear import GgmlLinear
+from ..nn.ggml_types import type_for_width
 from ..nn.input_groups import link_input_groups
 from ..nn.quant_linear import ACTIVATIONS, QuantLinear, real_kernel
 from ..nn.spec import QuantSpec
 from ..stages import StageLog, register_stage
+from .act_range import RANGES, choose
+from .attention import attention_inputs, quantize_attention_inputs
 from .methods import gptq, rtn
 from .smoothing import SmoothingConfig, smooth_block
 
@@ -34,6 +39,11 @@ class QuantizeConfig:
     symmetric: bool = True
     full_range: bool = False  # int4 / int3 symmetric: use all 2^b levels (llama.cpp's Q4_0 scale rule)
     activations: str = "none"  # none (weight-only) | dynamic (int8, ranges per call) | static (calibrated)
+    act_symmetric: bool = True  # static activations: symmetric range, or asymmetric (a zero point; all
+    # 256 levels on one-sided inputs such as GELU's output)
+    act_range: str = "minmax"  # static activations: the calibration range, or "mse" (clipped; act_range.py)
+    attention: str = "float"  # int8: also the query / key outputs on static grids, for runtimes with int8
+    # attention scores (OpenVINO); encoders without rotary positions (attention.py)
     granularity: str = "auto"  # dynamic activations: a range per "token", or one per "tensor" (faster);
     # auto: per token for causal LMs (outlier tokens; decoding is one token anyway), per tensor for encoders
 
@@ -45,6 +55,12 @@ class QuantizeConfig:
     lm_head: bool = False  # also quantize the LM head, if the model has one (RTN; unties tied embeddings)
     ignore: list = field(default_factory=list)  # regexes of block linears kept in full precision
     kernel: str = "auto"  # auto: the integer kernel for the format | simulated (research only)
+    # GGML grids for llama.cpp (instead of bits / group_size / symmetric): a type for every block
+    # linear (q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k; a K-quant falls back as llama.cpp's does,
+    # q4_k -> q5_0, q5_k -> q5_1, q6_k -> q8_0, where rows are not whole 256-column super-blocks),
+    # and per-linear types by regex (first match wins), e.g. {"mlp.down_proj": q6_k}
+    ggml: str | None = None
+    ggml_types: dict = field(default_factory=dict)
 
     @property
     def spec(self) -> QuantSpec:
@@ -62,6 +78,16 @@ class QuantizeConfig:
         if self.activations != "none" and (self.bits != 8 or self.group_size or not self.symmetric):
             raise ConfigValueError("int8 activations need int8 symmetric per-channel weights: "
                                    "bits: 8, group_size: 0, symmetric: true")
+        if self.act_range not in RANGES:
+            raise ConfigValueError(f"quantize act_range {self.act_range!r} unknown; use {', '.join(RANGES)}")
+        if self.activations != "static" and (not self.act_symmetric or self.act_range != "minmax"):
+            raise ConfigValueError("quantize act_symmetric and act_range set a static range; "
+                                   "they need activations: static")
+        if self.attention not in ("float", "int8"):
+            raise ConfigValueError(f"quantize attention must be float or int8 (got {self.attention!r})")
+        if self.attention == "int8" and self.activations != "static":
+            raise ConfigValueError("quantize attention: int8 puts the scores' inputs on static grids; "
+                                   "it needs activations: static")
         if self.full_range and (self.bits == 8 or not self.symmetric):
             raise ConfigValueError("quantize full_range is for int4 / int3 symmetric grids (bits: 4, symmetric: true)")
         if self.granularity not in ("auto", "token", "tensor"):
@@ -74,7 +100,16 @@ class QuantizeConfig:
             raise ConfigValueError(f"quantize kernel must be auto or simulated (got {self.kernel!r})")
         if self.damp <= 0 or self.blocksize < 1 or self.awq_grid < 1:
             raise ConfigValueError("quantize damp must be > 0, blocksize and awq_grid >= 1")
-        for rx in self.ignore:
+        if self.ggml is not None or self.ggml_types:
+            from ..nn.ggml_types import ggml_type
+            for name in [self.ggml or "q8_0", *self.ggml_types.values()]:
+                ggml_type(name)
+            if self.ggml is None:
+                raise ConfigValueError("quantize ggml_types needs ggml: the type of the linears no regex names")
+            if self.method == "awq" or self.activations != "none" or self.smoothquant is not None:
+                raise ConfigValueError("quantize ggml grids take method rtn or gptq, weight-only, without "
+                                       "SmoothQuant (llama.cpp quantizes activations itself)")
+        for rx in [*self.ignore, *self.ggml_types]:
             try:
                 re.compile(rx)
             except re.error as e:
@@ -88,6 +123,12 @@ class QuantizeConfig:
         if self.method == "awq":
             return SmoothingConfig("awq", awq_grid=int(self.awq_grid))
         return None
+
+    def ggml_type_of(self, name: str) -> str:
+        for rx, t in self.ggml_types.items():
+            if re.search(rx, name):
+                return t
+        return self.ggml
 
     def needs_calibration(self) -> bool:
         return self.method != "rtn" or self.smoothquant is not None or self.activations == "static"
@@ -109,8 +150,10 @@ class QuantizeLog(StageLog):
     # per-group / per-layer detail (results.json; the report counts them)
     scales: dict | None = None  # {first linear of an input group: AWQ alpha, or "smoothquant"}
     hessian_notes: list[str] | None = None  # GPTQ: layers whose Hessian needed more damping
+    attention: dict | None = None  # int8 attention inputs: {q / k projection: its output scale}
+    ggml_types: dict | None = None  # GGML grids: {type: linears written in it} (after fallbacks)
 
-    DETAIL = ("scales", "hessian_notes")
+    DETAIL = ("scales", "hessian_notes", "attention")
 
 
 def _selected(cfg: QuantizeConfig, blk: BlockMap) -> list[str]:
@@ -132,10 +175,19 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     """Quantize `model` in place (its linears become QuantLinear). Returns the stage log."""
     cfg.validate()
     _check_dense(model, cfg)
+    if cfg.ggml and model.masks:
+        raise ConfigValueError("quantize ggml grids keep pruned weights at zero only approximately (affine "
+                               "K-quant mins); quantize pruned models with bits / group_size instead")
+    if cfg.attention == "int8":
+        attention_inputs(model)  # refuses a model whose q / k outputs are not the scores' inputs
+        if model.lazy:
+            raise ConfigValueError("quantize attention: int8 calibrates on whole-model passes; load the "
+                                   "model without lazy (streaming) blocks")
     if cfg.granularity == "auto":
         cfg = dataclasses.replace(cfg, granularity="token" if model.is_causal else "tensor")
     spec = cfg.spec
-    log = QuantizeLog(stage="quantize", method=cfg.method, format=spec.describe(), activations=cfg.activations,
+    log = QuantizeLog(stage="quantize", method=cfg.method, format=f"ggml {cfg.ggml}" if cfg.ggml else spec.describe(),
+                      activations=cfg.activations,
                       granularity=cfg.granularity if cfg.activations == "dynamic" else None,
                       smoothquant=cfg.smoothquant, act_order=cfg.act_order)
     kernels: Counter = Counter()
@@ -143,7 +195,33 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     scaling = {}  # group head -> alpha (AWQ) or "smoothquant"
     smoothing = cfg.smoothing
 
+    ggml_used: Counter = Counter()
+
+    def make_ggml(name: str, lin: nn.Linear, stats, last: bool) -> None:
+        """The linear on a GGML grid: sub-block scales (and mins) from the weights and the inputs'
+        importance (the Hessian's diagonal), then the codes by GPTQ or rounding."""
+        W = lin.weight.detach().float().clone()
+        t = type_for_width(cfg.ggml_type_of(name), W.shape[1])
+        ggml_used[t.name] += 1
+        bias = lin.bias.detach() if lin.bias is not None else None
+        if cfg.method == "gptq":
+            H = stats.hessian(torch.float64, release=last)
+            grid = choose_grid(W, t, torch.diag(H).float())
+            res = gptq(W, H, None, cfg.blocksize, cfg.damp, cfg.act_order, overwrite_h=True, grid=grid)
+            del H
+            u = res.q
+            if res.info.retries or res.info.dead_channels:
+                notes.append(f"{name}: damp {res.info.damp:g} after {res.info.retries} retries, "
+                             f"{res.info.dead_channels} dead input channels")
+        else:
+            grid = choose_grid(W, t)
+            u = grid.quantize(W)
+        kernels["simulated"] += 1
+        set_module(model.module, name, GgmlLinear.from_codes(u, grid, bias))
+
     def make(name: str, lin: nn.Linear, stats, input_scale, last: bool = True) -> None:
+        if cfg.ggml:
+            return make_ggml(name, lin, stats, last)
         W = lin.weight.detach().float().clone()
         if cfg.method == "gptq":
             # of the inputs the layer receives, smoothing included; float64, handed over (the sum's
@@ -158,14 +236,17 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
                              f"{res.info.dead_channels} dead input channels")
         else:
             q, scales, zeros = rtn(W, spec)
-        act_scale = None
+        act_scale = act_zero = None
         if cfg.activations == "static":
-            act_scale = float(stats.absmax.max()) / 127 or 1.0
+            samples = stats.samples() if cfg.act_range == "mse" else None
+            act_scale, act_zero = choose(float(stats.amin.min()), float(stats.amax.max()), cfg.act_symmetric,
+                                         cfg.act_range, samples)
+            act_zero = None if cfg.act_symmetric else act_zero
         kernel = real_kernel(spec, cfg.activations, W.shape[1]) if cfg.kernel == "auto" else None
         kernels[kernel or "simulated"] += 1
         bias = lin.bias.detach() if lin.bias is not None else None
         qlin = QuantLinear.from_codes(q, scales, zeros, spec, bias, cfg.activations, kernel or "simulated",
-                                      input_scale, act_scale, cfg.granularity)
+                                      input_scale, act_scale, cfg.granularity, act_zero)
         set_module(model.module, name, qlin)
 
     def rewrite(model: Model, blk: BlockMap, stats) -> dict:
@@ -189,7 +270,9 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     if cfg.method == "gptq":
         want.add("hessian")
     if cfg.activations == "static":
-        want.add("absmax")
+        want.add("range")
+        if cfg.act_range == "mse":
+            want.add("sample")
     if smoothing is not None:
         want |= smoothing.wants()
     if cfg.needs_calibration():
@@ -197,6 +280,8 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
         log.calibration = calib.describe()
         run_sequential(model, calib, rewrite, want, select=lambda b: _selected(cfg, b),
                        progress=progress, desc=f"quantize {cfg.method}")
+        if cfg.attention == "int8":
+            log.attention = quantize_attention_inputs(model, calib, cfg.act_range)
     else:
         for blk in model.arch.blocks:
             with block_scope(model, blk):
@@ -207,6 +292,7 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     elif cfg.lm_head:
         log.lm_head = "the model has no LM head; nothing to quantize there"
     log.kernels = dict(kernels)
+    log.ggml_types = dict(ggml_used) or None
     log.fused_input_groups = link_input_groups(model.module, model.arch.input_groups)
     log.simulated = kernels.get("simulated", 0) > 0
     log.scales = dict(scaling) or None
@@ -219,6 +305,14 @@ def _quantize_head(model: Model, cfg: QuantizeConfig, kernels: Counter) -> None:
     name = model.arch.head
     lin = get_module(model.module, name)
     W = lin.weight.detach().float().clone()
+    if cfg.ggml:  # round-to-nearest on the head's GGML grid
+        t = type_for_width(cfg.ggml_type_of(name), W.shape[1])
+        grid = choose_grid(W, t)
+        kernels["simulated"] += 1
+        bias = lin.bias.detach() if getattr(lin, "bias", None) is not None else None
+        set_module(model.module, name, GgmlLinear.from_codes(grid.quantize(W), grid, bias))
+        model.module.config.tie_word_embeddings = False
+        return
     q, scales, zeros = rtn(W, cfg.spec)
     kernel = real_kernel(cfg.spec, cfg.activations, W.shape[1]) if cfg.kernel == "auto" else None
     kernels[kernel or "simulated"] += 1

@@ -1,0 +1,171 @@
+"""slimformer's GPTQ codes on llama.cpp's grids against llama.cpp's own quantization, per type mix,
+at the same tensor types (so the same file size), scored on the same token ids in llama.cpp.
+
+    python benchmarks/gguf_kquants.py --model smollm2 --mixes q4_k_m,q4_0 --windows 16 [--imatrix]
+
+For each llama.cpp mix (llama_model_quantize's file type, e.g. Q4_K_M with its per-tensor choices
+and fallbacks on widths that are not multiples of 256):
+- llama.cpp: its quantization of slimformer's F32 GGUF export, without an importance matrix
+  (llama_model_quantize through llama-cpp-python) and, with --imatrix, `llama-imatrix` on the same
+  calibration text slimformer uses (WikiText-2 validation, windows of 1024) then
+  `llama-quantize --imatrix` (tools from benchmarks/build_llama_tools.sh);
+- slimformer: GPTQ on the GGML grids of exactly the tensor types llama.cpp's file has (read from
+  it), sub-block scales chosen first with the Hessian's diagonal as importance, written exactly;
+  the token embeddings in the type llama.cpp gave them (its round-to-nearest, both sides).
+Every file is run in llama.cpp on the first --windows WikiText-2 test windows of 1024 tokens (the
+HF tokenizer's ids): perplexity, and the KL divergence to the F32 GGUF's next-token distribution
+over every predicted token (mean, 99th percentile). Rows in results/gguf_kquants.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import gguf
+import torch
+
+import slimformer
+from slimformer.bench.env import environment
+from slimformer.data import data_root
+from slimformer.evaluate.windows import token_windows
+from slimformer.export import export
+from slimformer.export.gguf_tensors import model_tensors
+from slimformer.export.gguf import _target
+from slimformer.quant import QuantizeConfig, quantize_model
+from slimformer.runtime import open_model
+
+from common import append_row
+
+TOOLS = Path(__file__).parent / ".llama-tools" / "bin"
+
+
+def llama_quantize(src: Path, dst: Path, ftype: str, threads: int, imatrix: Path | None) -> float:
+    t0 = time.perf_counter()
+    if imatrix is not None:
+        subprocess.run([str(TOOLS / "llama-quantize"), "--imatrix", str(imatrix), str(src), str(dst), ftype.upper(),
+                        str(threads)], check=True, capture_output=True)
+        return time.perf_counter() - t0
+    import llama_cpp
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype.upper()}")
+    params.nthread = threads
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError("llama_model_quantize failed")
+    return time.perf_counter() - t0
+
+
+def module_names(model) -> dict[str, str]:
+    """GGUF tensor name -> the module it is written from (block linears and the head)."""
+    m = copy.deepcopy(model)
+    quantize_model(m, QuantizeConfig(method="rtn", ggml="q8_0"), progress=False)  # marks every linear exact
+    t = _target(m)
+    return {name: module for name, _, _, module in
+            model_tensors(m.module, m.arch, t, "f32", "f32", max(b.ffn.width for b in m.arch.blocks),
+                          m.head_is_tied) if module}
+
+
+def tensor_types(path: Path) -> dict[str, str]:
+    return {t.name: t.tensor_type.name.lower() for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def kl_and_ppl(models: dict[str, object], windows: torch.Tensor) -> dict[str, dict]:
+    """Per file: perplexity and KL(F32 || file) over every predicted token of the windows."""
+    out = {k: {"nll": [], "kl": []} for k in models}
+    for w in windows:
+        ids = w[None]
+        ref = None
+        for name, m in models.items():
+            with torch.no_grad():
+                logp = torch.log_softmax(m.module(input_ids=ids).logits[0, :-1].double(), -1)
+            out[name]["nll"].append(-logp.gather(1, w[1:, None])[:, 0])
+            if ref is None:
+                ref = logp
+            out[name]["kl"].append((ref.exp() * (ref - logp)).sum(-1))
+    res = {}
+    for name, d in out.items():
+        nll, kl = torch.cat(d["nll"]), torch.cat(d["kl"])
+        res[name] = {"ppl": float(nll.mean().exp()), "kld_mean": float(kl.mean()),
+                     "kld_p99": float(kl.quantile(0.99)), "tokens": int(kl.numel())}
+    return res
+
+
+def calibration_text(path: Path) -> None:
+    path.write_text((data_root() / "wikitext2" / "wiki.valid.raw").read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--mixes", default="q4_k_m,q4_0")
+    p.add_argument("--windows", type=int, default=16)
+    p.add_argument("--samples", type=int, default=64, help="calibration windows of 1024 (both sides)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--imatrix", action="store_true", help="also llama.cpp with an importance matrix")
+    p.add_argument("--out", default="results/gguf_kquants.jsonl")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = slimformer.load(args.model)
+    names = module_names(model)
+    windows = token_windows(model, (data_root() / "wikitext2" / "wiki.test.raw").read_text(), 1024, args.windows)
+    with tempfile.TemporaryDirectory(prefix="kquants-") as tmp:
+        tmp = Path(tmp)
+        f32 = tmp / "f32.gguf"
+        export(model, "gguf", f32, dtype="f32")
+        imatrix = None
+        if args.imatrix:
+            calibration_text(tmp / "calib.txt")
+            imatrix = tmp / "imatrix.gguf"
+            t0 = time.perf_counter()
+            subprocess.run([str(TOOLS / "llama-imatrix"), "-m", str(f32), "-f", str(tmp / "calib.txt"), "-o",
+                            str(imatrix), "-c", "1024", "--chunks", str(args.samples), "-t", str(args.threads)],
+                           check=True, capture_output=True)
+            print(f"llama-imatrix: {time.perf_counter() - t0:.0f} s ({args.samples} x 1024 tokens)")
+        files = {"F32": f32}
+        meta = {}
+        for mix in args.mixes.split(","):
+            peer = tmp / f"llama-{mix}.gguf"
+            secs = llama_quantize(f32, peer, mix, args.threads, None)
+            files[f"llama.cpp {mix}"] = peer
+            meta[f"llama.cpp {mix}"] = {"seconds": secs}
+            if imatrix is not None:
+                files[f"llama.cpp {mix} + imatrix"] = tmp / f"llama-{mix}-imatrix.gguf"
+                meta[f"llama.cpp {mix} + imatrix"] = {
+                    "seconds": llama_quantize(f32, files[f"llama.cpp {mix} + imatrix"], mix, args.threads, imatrix)}
+            types = tensor_types(peer)
+            linear = {names[n]: k for n, k in types.items() if n in names}
+            base = max(set(linear.values()), key=list(linear.values()).count)
+            emb = types["token_embd.weight"]
+            cfg = QuantizeConfig(method="gptq", ggml=base, lm_head=model.arch.head in linear and not model.head_is_tied,
+                                 ggml_types={f"^{re.escape(m)}$": k for m, k in linear.items() if k != base})
+            m = copy.deepcopy(model)
+            t0 = time.perf_counter()
+            log = quantize_model(m, cfg, {"samples": args.samples, "seq_len": 1024}, progress=False)
+            secs = time.perf_counter() - t0
+            ours = tmp / f"slimformer-{mix}.gguf"
+            res = export(m, "gguf", ours, dtype="f32", embedding_dtype=emb)
+            assert tensor_types(ours) == types, "slimformer's file must hold llama.cpp's tensor types"
+            files[f"slimformer GPTQ {mix}"] = ours
+            meta[f"slimformer GPTQ {mix}"] = {"seconds": secs, "exact_codes": res.details["exact_codes"],
+                                              "types": log.ggml_types}
+            print(mix, "types:", dict(sorted(log.ggml_types.items())), f"embeddings {emb}; GPTQ {secs:.0f} s")
+            del m
+        n_params = sum(t.n_elements for t in gguf.GGUFReader(str(f32)).tensors)
+        scores = kl_and_ppl({k: open_model(str(v)) for k, v in files.items()}, windows)
+        for name, s in scores.items():
+            size = files[name].stat().st_size
+            row = {"model": args.model, "file": name, **s, "bytes": size, "bpw": size * 8 / n_params,
+                   "windows": args.windows, "calibration": f"{args.samples} x 1024 WikiText-2 validation",
+                   **meta.get(name, {}), "threads": args.threads, "environment": environment()}
+            append_row(args.out, row)
+            print(f"{name:34s} ppl {s['ppl']:8.3f}  KLD {s['kld_mean']:.4f} (p99 {s['kld_p99']:.3f})  "
+                  f"{row['bpw']:.2f} bpw")
+
+
+if __name__ == "__main__":
+    main()

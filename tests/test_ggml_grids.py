@@ -61,7 +61,7 @@ def test_blocks_are_what_the_gguf_dequantizer_reads(name):
         back = grid.dequantize(u)
         s, _ = grid.columns(0, W.shape[1])
         inside = (back - W).abs() <= s.abs() / 2 * (1 + 1e-5) + 1e-7
-        assert float(inside.float().mean()) > 0.98
+        assert float(inside.float().mean()) > (0.95 if t.levels <= 4 else 0.98)  # 2 bits: 4-bit mins clip more
         assert torch.equal(back[0, :32], torch.zeros(32))  # the zero sub-block stays exactly zero
 
 
@@ -97,7 +97,7 @@ def _reference_gptq(W, H, grid, damp=0.01):
     return grid.quantize(Q.float())
 
 
-@pytest.mark.parametrize("name", ["q4_k", "q6_k", "q5_0"])
+@pytest.mark.parametrize("name", ["q4_k", "q6_k", "q3_k", "q5_0"])
 def test_gptq_on_a_fixed_grid_is_the_papers_loop_and_beats_rounding(name):
     g = torch.Generator().manual_seed(5)
     X = torch.randn(512, 256, generator=g) @ (torch.eye(256) + 0.3 * torch.randn(256, 256, generator=g))
@@ -117,6 +117,7 @@ def test_k_quants_fall_back_as_llama_cpp_does():
     assert type_for_width("q5_k", 640).name == "q5_1"
     assert type_for_width("q6_k", 576).name == "q8_0"
     assert type_for_width("q4_k", 1536).name == "q4_k"
+    assert type_for_width("q3_k", 576).name == type_for_width("q2_k", 576).name == "q4_0"
     with pytest.raises(ConfigValueError, match="multiples of 32"):
         type_for_width("q4_0", 100)
     with pytest.raises(ConfigValueError, match="unknown"):

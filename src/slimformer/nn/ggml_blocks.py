@@ -10,6 +10,11 @@ ggml-common.h declares each block (little-endian; fp16 as IEEE half):
   the low nibbles as q4_k.
 - q6_k: ql (128 bytes), qh (64), 16 int8 scales, d. Column e = 128h + 32k + l (k = 0..3):
   low 4 bits in ql byte 64h + 32(k mod 2) + l, nibble k div 2; bits 4-5 in qh byte 32h + l at 2k.
+- q3_k: hmask (32 bytes: bit i of byte l is bit 2 of u_{32i+l}), qs (64 bytes: in each 128-column
+  half h, byte 32h + l holds bits 0-1 of u_{128h+32k+l} at bits 2k), 12 scale bytes (6-bit
+  sc + 32: the low 4 bits of scale i in byte i mod 8, nibble i div 8; its top 2 bits in byte
+  8 + i mod 4 at bits 2 (i div 4)), d.
+- q2_k: 16 scale bytes (4-bit sc low, 4-bit m high), qs as q3_k's, d, dmin.
 - The K-quants' 12 scale bytes for 8 sub-blocks (sc, m 6-bit): byte j < 4 holds sc_j and the top
   2 bits of sc_{j+4} (bits 6-7); byte 4 + j holds m_j and the top 2 bits of m_{j+4}; byte 8 + j
   the low 4 bits of sc_{j+4} and of m_{j+4}.
@@ -76,6 +81,21 @@ def pack(u: torch.Tensor, t: GgmlType, stored: dict) -> np.ndarray:
             bits = ((cu.reshape(rows, nb, 8, 32) >> 4) & 1).astype(np.uint8)
             parts.append((bits << np.arange(8, dtype=np.uint8)[:, None]).sum(2, dtype=np.uint8))
         parts.append(_k_low_nibbles(cu))
+    elif t.name in ("q3_k", "q2_k"):
+        cu = c.astype(np.uint8)
+        two = (cu.reshape(rows, nb, 2, 4, 32) & 0x03) << (2 * np.arange(4, dtype=np.uint8))[:, None]
+        qs = two.sum(3, dtype=np.uint8).reshape(rows, nb, 64)
+        if t.name == "q2_k":
+            sc = st["sc"].reshape(rows, nb, 16).astype(np.uint8) | (st["m"].reshape(rows, nb, 16).astype(np.uint8) << 4)
+            parts = [sc, qs, d, fp16_bytes(st["dmin"])]
+        else:
+            bits = ((cu.reshape(rows, nb, 8, 32) >> 2) & 1).astype(np.uint8)
+            hmask = (bits << np.arange(8, dtype=np.uint8)[:, None]).sum(2, dtype=np.uint8)
+            v = (st["sc"].reshape(rows, nb, 16).astype(np.int16) + 32).astype(np.uint8)  # 0..63
+            low = (v[..., :8] & 0x0F) | ((v[..., 8:] & 0x0F) << 4)
+            top = (v >> 4).reshape(rows, nb, 4, 4)  # [i div 4, i mod 4]
+            high = (top << (2 * np.arange(4, dtype=np.uint8))[:, None]).sum(2, dtype=np.uint8)
+            parts = [hmask, qs, low.astype(np.uint8), high, d]
     elif t.name == "q6_k":
         cu = c.astype(np.uint8).reshape(rows, nb, 2, 4, 32)  # [h, k, l]
         low, high = cu & 0x0F, (cu >> 4) & 0x03

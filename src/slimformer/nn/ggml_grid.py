@@ -179,20 +179,22 @@ def grid_from_stored(t: GgmlType, stored: dict) -> GgmlGrid:
 
 
 def _super_block_scales(t: GgmlType, s: torch.Tensor, b: torch.Tensor | None) -> dict:
-    """K-quants: sub-block scales (and mins) as integers against one fp16 scale per 256 columns."""
+    """K-quants: sub-block scales (and mins) as integers against one fp16 scale per 256 columns:
+    q4_k / q5_k 6-bit scales and mins, q2_k 4-bit (s = d sc, b = -dmin m); q6_k 8-bit and q3_k
+    6-bit signed scales (s = d sc)."""
     rows, nsub = s.shape
     per = t.block // t.sub
     s3 = s.reshape(rows, nsub // per, per)
-    if t.affine:  # q4_k / q5_k: 6-bit scales and mins, s = d sc, b = -dmin m
-        d = _fp16(s3.amax(2) / 63)
+    top = t.scale_max
+    if t.affine:
+        d = _fp16(s3.amax(2) / top)
         mins = (-b).clamp(min=0).reshape(rows, nsub // per, per)
-        dmin = _fp16(mins.amax(2) / 63)
+        dmin = _fp16(mins.amax(2) / top)
         return {"d": d.to(torch.float16), "dmin": dmin.to(torch.float16),
-                "sc": _int_ratio(s3, d, 0, 63).reshape(rows, nsub).to(torch.uint8),
-                "m": _int_ratio(mins, dmin, 0, 63).reshape(rows, nsub).to(torch.uint8)}
-    # q6_k: 8-bit signed sub-block scales against an fp16 d
-    d = _fp16(s3.abs().amax(2) / 127)
-    return {"d": d.to(torch.float16), "sc": _int_ratio(s3, d, -128, 127).reshape(rows, nsub).to(torch.int8)}
+                "sc": _int_ratio(s3, d, 0, top).reshape(rows, nsub).to(torch.uint8),
+                "m": _int_ratio(mins, dmin, 0, top).reshape(rows, nsub).to(torch.uint8)}
+    d = _fp16(s3.abs().amax(2) / top)
+    return {"d": d.to(torch.float16), "sc": _int_ratio(s3, d, -top - 1, top).reshape(rows, nsub).to(torch.int8)}
 
 
 def _int_ratio(v: torch.Tensor, d: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

@@ -17,6 +17,8 @@ from the stored numbers, and z an integer:
 | q4_k | 256 | 32 | 0..15 | 0 | fp16 d * 6-bit sc | -(fp16 dmin * 6-bit m) | 144 |
 | q5_k | 256 | 32 | 0..31 | 0 | fp16 d * 6-bit sc | -(fp16 dmin * 6-bit m) | 176 |
 | q6_k | 256 | 16 | 0..63 | 32 | fp16 d * int8 sc | 0 | 210 |
+| q3_k | 256 | 16 | 0..7 | 4 | fp16 d * 6-bit signed sc (stored + 32) | 0 | 110 |
+| q2_k | 256 | 16 | 0..3 | 0 | fp16 d * 4-bit sc | -(fp16 dmin * 4-bit m) | 84 |
 
 (The layouts of the bytes are in ggml_blocks.py.) A symmetric type has b = 0 and the affine ones
 z = 0, so each product is the one llama.cpp's reference dequantizer computes: the weights a
@@ -38,6 +40,7 @@ class GgmlType:
     affine: bool  # a min per sub-block (b), instead of a zero code
     nbytes: int  # bytes per block
     super_scales: bool  # K-quants: sub-block scales quantized against one fp16 scale per block
+    scale_max: int = 0  # K-quants: the largest integer sub-block scale (and min): 63, 15, or signed 127, 31
 
     @property
     def bpw(self) -> float:
@@ -60,14 +63,16 @@ TYPES = {t.name: t for t in (
     GgmlType("q4_1", 32, 32, 0, 15, 0, True, 20, False),
     GgmlType("q5_0", 32, 32, 0, 31, 16, False, 22, False),
     GgmlType("q5_1", 32, 32, 0, 31, 0, True, 24, False),
-    GgmlType("q4_k", 256, 32, 0, 15, 0, True, 144, True),
-    GgmlType("q5_k", 256, 32, 0, 31, 0, True, 176, True),
-    GgmlType("q6_k", 256, 16, 0, 63, 32, False, 210, True),
+    GgmlType("q2_k", 256, 16, 0, 3, 0, True, 84, True, 15),
+    GgmlType("q3_k", 256, 16, 0, 7, 4, False, 110, True, 31),
+    GgmlType("q4_k", 256, 32, 0, 15, 0, True, 144, True, 63),
+    GgmlType("q5_k", 256, 32, 0, 31, 0, True, 176, True, 63),
+    GgmlType("q6_k", 256, 16, 0, 63, 32, False, 210, True, 127),
 )}
 
 # llama.cpp's own substitutes when a row is not a whole number of 256-column super-blocks
 # (llama_tensor_get_type's fallback: SmolLM2's 576 and Gemma 3's 640 columns take them)
-FALLBACK = {"q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
+FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
 
 
 def ggml_type(name: str) -> GgmlType:

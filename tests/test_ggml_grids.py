@@ -210,3 +210,46 @@ def test_ggml_layer_refuses_onnx(tiny, tmp_path):
     quantize_model(model, QuantizeConfig(method="rtn", ggml="q8_0"), progress=False)
     with pytest.raises(Exception, match="gguf"):
         export(model, "onnx", tmp_path / "m.onnx")
+
+
+def test_distillation_on_the_ggml_grid_keeps_the_blocks_and_lowers_the_kl(tiny, tmp_path):
+    """recover on a GGML-quantized model trains on the same fixed grid (step 0 = the quantized
+    model) and returns GgmlLinear layers with the same stored scales and mins, so the GGUF holds
+    the trained codes exactly."""
+    from slimformer.data import bundled_path
+    from slimformer.recover import RecoverConfig, recover
+    from slimformer.recover.data import build_train_set
+    from slimformer.recover.qat import to_fake
+    original = copy.deepcopy(tiny["llama"])
+    with torch.no_grad():  # a peaked teacher: the KL of a coarse grid is large enough to fall
+        original.module.get_submodule(original.arch.head).weight.mul_(30.0)
+    student = copy.deepcopy(original)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # a damaged student (noise of the weights' own size): much to win back
+        for name in student.arch.linears:
+            w = student.module.get_submodule(name).weight
+            w.add_(torch.randn(w.shape, generator=g) * w.std())
+    quantize_model(student, QuantizeConfig(method="rtn", ggml="q4_0"), progress=False)
+    stored = {n: m.d.clone() for n, m in student.module.named_modules() if isinstance(m, GgmlLinear)}
+    text = tmp_path / "few.txt"
+    text.write_text(bundled_path("wikitext2", "validation").read_text()[:3000])
+    ids = build_train_set(original, [str(text)], 32, 2).examples
+    fake = copy.deepcopy(student)
+    to_fake(fake)
+    kl = lambda m: float(torch.nn.functional.kl_div(  # noqa: E731
+        torch.log_softmax(_logits(m, ids), -1), torch.log_softmax(_logits(original, ids), -1),
+        log_target=True, reduction="batchmean"))
+    assert torch.allclose(_logits(fake, ids), _logits(student, ids), atol=1e-5)
+    before = kl(student)
+    cfg = RecoverConfig(steps=30, batch_size=4, seq_len=32, holdout=2, lr=5e-4, eval_every=10, eval="heldout",
+                        data=[str(text)], restore_best=False)
+    log = recover(student, original, cfg, progress=False)
+    assert log.qat_layers == len(stored)
+    for name, d in stored.items():
+        mod = student.module.get_submodule(name)
+        assert isinstance(mod, GgmlLinear) and torch.equal(mod.d, d)
+    assert kl(student) < 0.7 * before
+    export(student, "gguf", tmp_path / "r.gguf", dtype="f32")
+    t = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "r.gguf")).tensors}["blk.0.ffn_down.weight"]
+    down = student.module.get_submodule(student.arch.blocks[0].ffn.down)
+    assert np.array_equal(gguf.quants.dequantize(np.array(t.data), t.tensor_type), down.dequantized().numpy())

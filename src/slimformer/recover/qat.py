@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from ..model import Model, get_module, set_module
+from ..nn.ggml_linear import GgmlLinear
 from ..nn.input_groups import link_input_groups
 from ..nn.quant_linear import QuantLinear
 from ..nn.spec import group_index
+from .qat_ggml import FakeGgmlLinear
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -97,14 +99,16 @@ class FakeQuantLinear(nn.Module):
 
 
 def quantized_names(model: Model) -> list[str]:
-    return [n for n, m in model.module.named_modules() if isinstance(m, QuantLinear)]
+    return [n for n, m in model.module.named_modules() if isinstance(m, (QuantLinear, GgmlLinear))]
 
 
 def to_fake(model: Model) -> list[str]:
-    """Swap every QuantLinear for a FakeQuantLinear in place; returns their names."""
+    """Swap every QuantLinear (GgmlLinear) for a FakeQuantLinear (FakeGgmlLinear) in place; returns
+    their names."""
     names = quantized_names(model)
     for name in names:
-        set_module(model.module, name, FakeQuantLinear(get_module(model.module, name)))
+        mod = get_module(model.module, name)
+        set_module(model.module, name, FakeGgmlLinear(mod) if isinstance(mod, GgmlLinear) else FakeQuantLinear(mod))
     return names
 
 

@@ -199,7 +199,8 @@ def test_narrow_rows_take_llama_cpps_fallbacks(tiny, tmp_path):
 @pytest.mark.parametrize("bad,match", [
     (dict(ggml="q4_kk"), "unknown"), (dict(method="awq", ggml="q4_k"), "rtn or gptq"),
     (dict(ggml="q4_k", activations="dynamic"), "int8|weight-only"), (dict(ggml_types={"down": "q6_k"}), "needs ggml"),
-    (dict(ggml="q4_k", ggml_types={"(": "q6_k"}), "regex")])
+    (dict(ggml="q4_k", ggml_types={"(": "q6_k"}), "regex"), (dict(ggml_bpw=1.0), r"\[2, 8.5\]"),
+    (dict(ggml_bpw=4.5, ggml_ladder=["q4_x"]), "unknown")])
 def test_bad_ggml_options_are_one_line_errors(bad, match):
     with pytest.raises(ConfigValueError, match=match):
         QuantizeConfig(**bad).validate()
@@ -253,3 +254,36 @@ def test_distillation_on_the_ggml_grid_keeps_the_blocks_and_lowers_the_kl(tiny, 
     t = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "r.gguf")).tensors}["blk.0.ffn_down.weight"]
     down = student.module.get_submodule(student.arch.blocks[0].ffn.down)
     assert np.array_equal(gguf.quants.dequantize(np.array(t.data), t.tensor_type), down.dequantized().numpy())
+
+
+def test_size_target_allocates_types_from_measured_sensitivity(wide, tmp_path):
+    model = copy.deepcopy(wide)
+    cal = {"samples": 2, "seq_len": 32}
+    log = quantize_model(model, QuantizeConfig(method="gptq", ggml_bpw=5.0, ggml_probe=2), cal, progress=False)
+    types, sens = log.allocated["types"], log.allocated["sensitivity"]
+    sizes = {n: get_module(model.module, n).in_features * get_module(model.module, n).out_features for n in types}
+    bits = sum(TYPES[t].bpw * sizes[n] for n, t in types.items()) / sum(sizes.values())
+    assert bits <= 5.0 and log.allocation["bpw"] == pytest.approx(bits, abs=1e-3)
+    assert len(set(types.values())) > 1  # a mix, not one type
+    assert bits > 5.0 - 1.1  # no upgrade that fitted was left unspent (the largest step is q6_k -> q8_0)
+    for n, t in types.items():
+        assert get_module(model.module, n).type.name == t
+    # a sensitivity is the KL when that linear alone is rounded onto the type: recomputed here
+    from slimformer.data.calibration import calibration_set
+    name = model.arch.blocks[0].ffn.down
+    batches = calibration_set(wide, **cal).batches[:2]
+    probe = copy.deepcopy(wide)
+    lin = get_module(probe.module, name)
+    grid = choose_grid(lin.weight.detach(), TYPES["q3_k"])
+    with torch.no_grad():
+        lin.weight.copy_(grid.dequantize(grid.quantize(lin.weight.detach())))
+        kl = 0.0
+        for b in batches:
+            p = torch.log_softmax(wide.module(**b).logits.float(), -1)
+            q = torch.log_softmax(probe.module(**b).logits.float(), -1)
+            kl += float((p.exp() * (p - q)).sum(-1).mean()) / len(batches)
+    assert sens[name]["q3_k"] == pytest.approx(kl, rel=1e-4)
+    assert all(s["q8_0"] <= s["q3_k"] for s in sens.values())
+    with pytest.raises(ConfigValueError, match="below the cheapest"):
+        quantize_model(copy.deepcopy(wide), QuantizeConfig(method="rtn", ggml_bpw=3.0, ggml_ladder=["q4_k", "q6_k"]),
+                       cal, progress=False)

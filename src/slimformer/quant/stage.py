@@ -23,6 +23,7 @@ from ..nn.quant_linear import ACTIVATIONS, QuantLinear, real_kernel
 from ..nn.spec import QuantSpec
 from ..stages import StageLog, register_stage
 from .act_range import RANGES, choose
+from .allocate import LADDER, allocate_types
 from .attention import attention_inputs, quantize_attention_inputs
 from .methods import gptq, rtn
 from .smoothing import SmoothingConfig, smooth_block
@@ -61,6 +62,11 @@ class QuantizeConfig:
     # and per-linear types by regex (first match wins), e.g. {"mlp.down_proj": q6_k}
     ggml: str | None = None
     ggml_types: dict = field(default_factory=dict)
+    # or a size target: bits per weight over the block linears, each linear's type chosen from
+    # ggml_ladder by its measured sensitivity (allocate.py) on ggml_probe calibration windows
+    ggml_bpw: float | None = None
+    ggml_ladder: list = field(default_factory=lambda: list(LADDER))
+    ggml_probe: int = 4
 
     @property
     def spec(self) -> QuantSpec:
@@ -100,11 +106,17 @@ class QuantizeConfig:
             raise ConfigValueError(f"quantize kernel must be auto or simulated (got {self.kernel!r})")
         if self.damp <= 0 or self.blocksize < 1 or self.awq_grid < 1:
             raise ConfigValueError("quantize damp must be > 0, blocksize and awq_grid >= 1")
-        if self.ggml is not None or self.ggml_types:
+        if self.ggml_bpw is not None:
+            if not isinstance(self.ggml_bpw, (int, float)) or not 2.0 <= float(self.ggml_bpw) <= 8.5:
+                raise ConfigValueError(f"quantize ggml_bpw must be a number of bits per weight in [2, 8.5] "
+                                       f"(got {self.ggml_bpw!r})")
+            if not self.ggml_ladder or self.ggml_probe < 1:
+                raise ConfigValueError("quantize ggml_ladder needs at least one type and ggml_probe >= 1")
+        if self.ggml is not None or self.ggml_types or self.ggml_bpw is not None:
             from ..nn.ggml_types import ggml_type
-            for name in [self.ggml or "q8_0", *self.ggml_types.values()]:
+            for name in [self.ggml or "q8_0", *self.ggml_types.values(), *self.ggml_ladder]:
                 ggml_type(name)
-            if self.ggml is None:
+            if self.ggml is None and self.ggml_bpw is None:
                 raise ConfigValueError("quantize ggml_types needs ggml: the type of the linears no regex names")
             if self.method == "awq" or self.activations != "none" or self.smoothquant is not None:
                 raise ConfigValueError("quantize ggml grids take method rtn or gptq, weight-only, without "
@@ -152,8 +164,10 @@ class QuantizeLog(StageLog):
     hessian_notes: list[str] | None = None  # GPTQ: layers whose Hessian needed more damping
     attention: dict | None = None  # int8 attention inputs: {q / k projection: its output scale}
     ggml_types: dict | None = None  # GGML grids: {type: linears written in it} (after fallbacks)
+    allocation: dict | None = None  # ggml_bpw: target, achieved bits per weight, type counts
+    allocated: dict | None = None  # ggml_bpw: {linear: type} and each linear's measured sensitivity
 
-    DETAIL = ("scales", "hessian_notes", "attention")
+    DETAIL = ("scales", "hessian_notes", "attention", "allocated")
 
 
 def _selected(cfg: QuantizeConfig, blk: BlockMap) -> list[str]:
@@ -190,6 +204,16 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
                       activations=cfg.activations,
                       granularity=cfg.granularity if cfg.activations == "dynamic" else None,
                       smoothquant=cfg.smoothquant, act_order=cfg.act_order)
+    calib = calibration_set(model, **(calibration or {})) if cfg.needs_calibration() or cfg.ggml_bpw else None
+    if cfg.ggml_bpw is not None:
+        names = [n for blk in model.arch.blocks for n in _selected(cfg, blk)]
+        alloc = allocate_types(model, names, float(cfg.ggml_bpw), calib.batches[:cfg.ggml_probe],
+                               tuple(cfg.ggml_ladder))
+        chosen = {f"^{re.escape(n)}$": t for n, t in alloc.types.items()}
+        cfg = dataclasses.replace(cfg, ggml=cfg.ggml or cfg.ggml_ladder[0], ggml_types={**cfg.ggml_types, **chosen})
+        log.allocation = alloc.summary()
+        log.allocated = {"types": alloc.types, "sensitivity": alloc.sensitivity}
+        log.format = f"ggml mix at {alloc.bpw:.3f} bits per weight"
     kernels: Counter = Counter()
     notes: list[str] = []
     scaling = {}  # group head -> alpha (AWQ) or "smoothquant"
@@ -276,7 +300,6 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     if smoothing is not None:
         want |= smoothing.wants()
     if cfg.needs_calibration():
-        calib = calibration_set(model, **(calibration or {}))
         log.calibration = calib.describe()
         run_sequential(model, calib, rewrite, want, select=lambda b: _selected(cfg, b),
                        progress=progress, desc=f"quantize {cfg.method}")

@@ -36,7 +36,7 @@ from slimformer.data import data_root
 from slimformer.evaluate.windows import token_windows
 from slimformer.export import export
 from slimformer.export.gguf_tensors import model_tensors
-from slimformer.export.gguf import _target
+from slimformer.export.gguf import _target, source_gguf_of, write_gguf
 from slimformer.quant import QuantizeConfig, quantize_model
 from slimformer.runtime import open_model
 
@@ -148,10 +148,10 @@ def main() -> None:
             log = quantize_model(m, cfg, {"samples": args.samples, "seq_len": 1024}, progress=False)
             secs = time.perf_counter() - t0
             ours = tmp / f"slimformer-{mix}.gguf"
-            res = export(m, "gguf", ours, dtype="f32", embedding_dtype=emb)
+            details = write_gguf(m, ours, dtype="f32", embedding_dtype=emb, source_gguf=source_gguf_of(m))
             assert tensor_types(ours) == types, "slimformer's file must hold llama.cpp's tensor types"
             files[f"slimformer GPTQ {mix}"] = ours
-            meta[f"slimformer GPTQ {mix}"] = {"seconds": secs, "exact_codes": res.details["exact_codes"],
+            meta[f"slimformer GPTQ {mix}"] = {"seconds": secs, "exact_codes": details["exact_codes"],
                                               "types": log.ggml_types}
             print(mix, "types:", dict(sorted(log.ggml_types.items())), f"embeddings {emb}; GPTQ {secs:.0f} s")
             del m

@@ -14,7 +14,7 @@ from .gguf_targets import Target
 
 # llama.cpp's LLAMA_FTYPE_MOSTLY_* of the commonest linear type (informational: llama.cpp reads each
 # tensor's own type); a K-quant names its "_S" file type
-FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q4_k": 14,
+FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q2_k": 10, "q3_k": 11, "q4_k": 14,
              "q5_k": 16, "q6_k": 18}
 
 

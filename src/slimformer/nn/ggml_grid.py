@@ -79,7 +79,7 @@ def symmetric_scales(x: torch.Tensor, w: torch.Tensor, t: GgmlType, fp16: bool) 
     m = x.gather(1, x.abs().argmax(1, keepdim=True))[:, 0]
     zero_b = torch.zeros_like(m)
     best, best_err = None, None
-    for c in (-t.zero, t.umax - t.zero):
+    for c in (t.umin - t.zero, t.umax - t.zero):
         for k in range(-9, 10):
             denom = c + k / 10
             if denom == 0 or (c > 0) != (denom > 0):

@@ -97,7 +97,7 @@ def allocate_types(model: Model, names: list[str], target_bpw: float, batches: l
                 continue
             a, b = options[n][i], options[n][i + 1]
             extra = (b.bpw - a.bpw) * sizes[n]
-            if bits + extra > budget:
+            if extra <= 0 or bits + extra > budget:  # equal-size types (q4_0 / q4_k): no step
                 continue
             gain = (sens[n][a.name] - sens[n][b.name]) / extra
             if best is None or gain > best_gain:

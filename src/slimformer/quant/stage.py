@@ -189,7 +189,7 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     """Quantize `model` in place (its linears become QuantLinear). Returns the stage log."""
     cfg.validate()
     _check_dense(model, cfg)
-    if cfg.ggml and model.masks:
+    if (cfg.ggml or cfg.ggml_bpw is not None) and model.masks:
         raise ConfigValueError("quantize ggml grids keep pruned weights at zero only approximately (affine "
                                "K-quant mins); quantize pruned models with bits / group_size instead")
     if cfg.attention == "int8":

@@ -232,6 +232,7 @@ def test_distillation_on_the_ggml_grid_keeps_the_blocks_and_lowers_the_kl(tiny, 
             w.add_(torch.randn(w.shape, generator=g) * w.std())
     quantize_model(student, QuantizeConfig(method="rtn", ggml="q4_0"), progress=False)
     stored = {n: m.d.clone() for n, m in student.module.named_modules() if isinstance(m, GgmlLinear)}
+    codes = {n: m.codes.clone() for n, m in student.module.named_modules() if isinstance(m, GgmlLinear)}
     text = tmp_path / "few.txt"
     text.write_text(bundled_path("wikitext2", "validation").read_text()[:3000])
     ids = build_train_set(original, [str(text)], 32, 2).examples
@@ -249,6 +250,8 @@ def test_distillation_on_the_ggml_grid_keeps_the_blocks_and_lowers_the_kl(tiny, 
     for name, d in stored.items():
         mod = student.module.get_submodule(name)
         assert isinstance(mod, GgmlLinear) and torch.equal(mod.d, d)
+    # training moved codes (the stored scales above are kept by construction; the codes are not)
+    assert sum(int((student.module.get_submodule(n).codes != c).sum()) for n, c in codes.items()) > 0
     assert kl(student) < 0.7 * before
     export(student, "gguf", tmp_path / "r.gguf", dtype="f32")
     t = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "r.gguf")).tensors}["blk.0.ffn_down.weight"]

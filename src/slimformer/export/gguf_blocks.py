@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigValueError
+from ..nn.ggml_blocks import fp16_bytes as _fp16_bytes, nibbles as _nibbles
 
 BLOCK = 32
 DENSE_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
@@ -43,15 +44,6 @@ def _block_params(values: torch.Tensor, group_size: int, in_features: int) -> np
     width = group_size or in_features
     group_of_block = torch.arange(0, in_features, BLOCK) // width
     return values[:, group_of_block].float().numpy()
-
-
-def _fp16_bytes(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float16)[..., None].view(np.uint8)  # [rows, blocks, 2], little-endian
-
-
-def _nibbles(u: np.ndarray) -> np.ndarray:
-    """u [rows, blocks, 32] in [0, 15] -> [rows, blocks, 16] bytes (j low, j + 16 high)."""
-    return (u[..., :16] | (u[..., 16:] << 4)).astype(np.uint8)
 
 
 def pack_codes(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int,

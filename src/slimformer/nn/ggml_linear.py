@@ -16,9 +16,6 @@ from .ggml_grid import GgmlGrid, grid_from_stored
 from .ggml_types import ggml_type
 from .registry import register_module
 
-_STORED = {"d": torch.float16, "m": None, "dmin": torch.float16, "sc": None}
-
-
 def _stored_shapes(t, rows: int, cols: int) -> dict[str, tuple[tuple[int, int], torch.dtype]]:
     nb, nsub = cols // t.block, cols // t.sub
     if not t.super_scales:

@@ -14,6 +14,7 @@ A GGUF export runs in llama.cpp and a causal ONNX export in ONNX Runtime behind 
 """
 from __future__ import annotations
 
+import functools
 import time
 
 from ..data import resolve_data
@@ -33,6 +34,14 @@ def _bundled(name: str) -> dict:
             "doc_to_text": "{{sentence.strip()}}\nQuestion: Is this sentence positive or negative?\nAnswer:",
             "doc_to_target": "label", "doc_to_choice": ["negative", "positive"],
             "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
+
+
+@functools.lru_cache(maxsize=2)
+def _task_manager(with_defaults: bool):
+    """lm-eval's task index, built once per process: indexing its thousands of task files takes
+    seconds, and the bundled tasks (configs given whole) need none of it."""
+    from lm_eval.tasks import TaskManager
+    return TaskManager(include_defaults=with_defaults)
 
 
 def harness_model(model: Model, batch_size: int = 1):
@@ -61,15 +70,17 @@ def lm_eval_tasks(model: Model, task: str, limit: int | None = None, batch_size:
     t0 = time.perf_counter()
     lm = harness_model(model, batch_size or 1)
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-    known = set(TaskManager().all_tasks)
+    hub = any(n not in BUNDLED for n in names)
+    manager = _task_manager(hub)
+    known = set(manager.all_tasks) if hub else set()
     unknown = [n for n in names if n not in BUNDLED and n not in known]
     if unknown:
         raise UnsupportedModelError(f"lm-eval has no task {', '.join(unknown)}; bundled (offline): "
                                     f"{', '.join(BUNDLED)}; others: `lm_eval ls tasks`")
     tasks = [_bundled(n) if n in BUNDLED else n for n in names]
     try:
-        out = simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=False, bootstrap_iters=0)
+        out = simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=False, bootstrap_iters=0,
+                              task_manager=manager)
     except (ConnectionError, OSError) as e:  # a hub dataset, offline
         raise UnsupportedModelError(f"lm-eval could not fetch the data of {', '.join(names)} "
                                     f"({str(e).splitlines()[0][:200]}); offline, only "

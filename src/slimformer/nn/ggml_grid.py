@@ -6,7 +6,7 @@ squared input of each column from calibration, llama.cpp's "importance matrix"; 
 - symmetric types (q8_0, q4_0, q5_0, q6_k's 16-column sub-blocks): the scale minimising
   sum h (x - s (u - z))^2 over candidates s = m / (c + k / 10), k = -9..9, where m is the signed
   largest-magnitude weight and c = -z (m on the lowest code, llama.cpp's full-range rule) or
-  c = umax - z (m on the highest);
+  c = umax - z (m on the highest), and the weighted least-squares scale of each candidate's codes;
 - affine types (q4_1, q5_1, q4_k, q5_k): the weighted least-squares fit x ~ s u + b, b <= 0, of the
   codes that inverse scales (umax + k / 10 - 1) / (max - min), k = 0..20, give (the search of
   llama.cpp's K-quant reference, written from its description), the best of these;
@@ -85,13 +85,20 @@ def symmetric_scales(x: torch.Tensor, w: torch.Tensor, t: GgmlType, fp16: bool) 
             if denom == 0 or (c > 0) != (denom > 0):
                 continue
             s = m / denom
-            s = _fp16(s) if fp16 else s
-            err = _weighted_error(x, w, s[:, None], zero_b[:, None], t)
-            if best is None:
-                best, best_err = s, err
-            else:
-                better = err < best_err
-                best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
+            # each candidate's codes, and then the weighted least-squares scale of those codes
+            # (sum h x q / sum h q^2, llama.cpp's make_qx_quants refit), compete
+            safe = torch.where(s == 0, torch.ones_like(s), s)
+            q = (torch.round(x / safe[:, None]) + t.zero).clamp_(t.umin, t.umax) - t.zero
+            q2 = (w * q * q).sum(1)
+            refit = torch.where(q2 > 0, (w * x * q).sum(1) / q2.clamp(min=1e-30), s)
+            for cand in (s, refit):
+                cand = _fp16(cand) if fp16 else cand
+                err = _weighted_error(x, w, cand[:, None], zero_b[:, None], t)
+                if best is None:
+                    best, best_err = cand, err
+                else:
+                    better = err < best_err
+                    best, best_err = torch.where(better, cand, best), torch.where(better, err, best_err)
     return best
 
 

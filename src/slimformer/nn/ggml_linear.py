@@ -89,6 +89,11 @@ class GgmlLinear(nn.Module):
             w = self._cache["weight"] = self.dequantized().to(x.device)
         return nn.functional.linear(x.to(w.dtype), w, self.bias).to(x.dtype)
 
+    def __getstate__(self):  # copies (deepcopy, pickle) do not carry the dequantized weight
+        state = dict(super().__getstate__())
+        state["_cache"] = {}
+        return state
+
     def _load_from_state_dict(self, *args, **kwargs):
         self._cache = {}
         return super()._load_from_state_dict(*args, **kwargs)

@@ -58,12 +58,20 @@ def _output(model: Model, batch: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def allocate_types(model: Model, names: list[str], target_bpw: float, batches: list[dict],
-                   ladder: tuple[str, ...] = LADDER) -> Allocation:
+                   ladder: tuple[str, ...] = LADDER, fixed: dict[str, str] | None = None) -> Allocation:
+    """fixed: linears whose type the user named (not measured, not changed; their bits count)."""
     if model.lazy is not None:
         raise ConfigValueError("quantize ggml_bpw measures each linear on whole-model passes; load the model "
                                "without lazy (streaming) blocks, or give ggml_types by hand")
+    fixed = fixed or {}
     ref = [_output(model, b) for b in batches]
     sizes, options, sens = {}, {}, {}
+    fixed_bits = fixed_size = 0
+    for name, t in fixed.items():
+        W = get_module(model.module, name).weight
+        fixed_size += W.numel()
+        fixed_bits += type_for_width(t, W.shape[1]).bpw * W.numel()
+    names = [n for n in names if n not in fixed]
     for name in names:
         lin = get_module(model.module, name)
         W = lin.weight.detach()
@@ -81,10 +89,10 @@ def allocate_types(model: Model, names: list[str], target_bpw: float, batches: l
             lin.weight.copy_(grid.dequantize(grid.quantize(saved)).to(W.dtype))
             sens[name][kind.name] = _divergence(model, batches, ref)
         lin.weight.copy_(saved)
-    total = sum(sizes.values())
+    total = sum(sizes.values()) + fixed_size
     budget = target_bpw * total
     level = dict.fromkeys(names, 0)
-    bits = sum(options[n][0].bpw * sizes[n] for n in names)
+    bits = fixed_bits + sum(options[n][0].bpw * sizes[n] for n in names)
     if bits > budget:
         cheapest = bits / total
         raise ConfigValueError(f"quantize ggml_bpw {target_bpw:g} is below the cheapest types of the ladder "
@@ -107,5 +115,6 @@ def allocate_types(model: Model, names: list[str], target_bpw: float, batches: l
         i = level[best]
         bits += (options[best][i + 1].bpw - options[best][i].bpw) * sizes[best]
         level[best] = i + 1
-    types = {n: options[n][level[n]].name for n in names}
+    types = {**{n: type_for_width(t, get_module(model.module, n).weight.shape[1]).name for n, t in fixed.items()},
+             **{n: options[n][level[n]].name for n in names}}
     return Allocation(types, bits / total, target_bpw, sens)

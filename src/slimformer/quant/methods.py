@@ -55,8 +55,10 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec | None, blocksize: in
     U, info = inverse_cholesky(Hp, W[:, perm], damp, overwrite=overwrite_h or act_order)
     del Hp, H
     W[:, diag == 0] = 0
-    scales = torch.ones(rows, n_groups)
-    zeros = torch.zeros(rows, n_groups)
+    dev = W.device  # GPTQ runs where the weights are (a GPU, when the model is on one)
+    scales = torch.ones(rows, n_groups, device=dev)
+    zeros = torch.zeros(rows, n_groups, device=dev)
+    gs, gb = (grid.s.to(dev), grid.b.to(dev)) if grid is not None else (None, None)
     if grid is None and (act_order or not spec.group_size):  # static groups: parameters from the original weights
         for g, c0 in enumerate(range(0, cols, width)):
             scales[:, g], zeros[:, g] = params_for(W[:, c0:c0 + width], spec)
@@ -65,7 +67,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec | None, blocksize: in
     # faster on a 5632 x 2048 linear; every element sees the same arithmetic.
     Wp = W[:, perm] if act_order else W  # updated in place either way; W itself is not read after
     keep_t = (keep[:, perm] if act_order else keep).t() if keep is not None else None
-    Qt = torch.zeros(cols, rows)
+    Qt = torch.zeros(cols, rows, device=dev)
     dynamic_groups = grid is None and spec.group_size and not act_order
     if dynamic_groups:  # groups never straddle a column block
         blocksize = width * max(1, blocksize // width)
@@ -81,7 +83,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec | None, blocksize: in
                 scales[:, g], zeros[:, g] = params_for(W1[i:i + width].t(), spec)
             w = W1[i]
             if grid is not None:
-                s, b = grid.s[:, g], grid.b[:, g]
+                s, b = gs[:, g], gb[:, g]
                 deq = grid.value(grid.codes(w, s, b), s, b)
             else:
                 s, z = scales[:, g], zeros[:, g]
@@ -98,7 +100,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec | None, blocksize: in
     if act_order:
         deq = torch.empty_like(deq).index_copy_(1, perm, deq)  # back to the original column order
     if grid is not None:
-        return GPTQResult(grid.quantize(deq).to(torch.int16), None, None, info)
+        return GPTQResult(grid.quantize(deq.cpu()).to(torch.int16), None, None, info)
     g_of = torch.arange(cols) // width
     q = torch.round(deq / scales[:, g_of] + zeros[:, g_of]).clamp(spec.qmin, spec.qmax)
     return GPTQResult(q.to(torch.int8), scales, zeros.to(torch.int8), info)

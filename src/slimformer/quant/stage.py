@@ -16,6 +16,7 @@ from ..engine import block_scope, run_sequential
 from ..errors import ConfigValueError
 from ..model import BlockMap, Model, get_module, set_module
 from ..nn.ggml_grid import choose_grid
+from .ggml_refit import refit_rounds
 from ..nn.ggml_linear import GgmlLinear
 from ..nn.ggml_types import type_for_width
 from ..nn.input_groups import link_input_groups
@@ -49,7 +50,10 @@ class QuantizeConfig:
     # auto: per token for causal LMs (outlier tokens; decoding is one token anyway), per tensor for encoders
 
     smoothquant: float | None = None  # SmoothQuant migration strength alpha; None: no smoothing
-    act_order: bool = False  # GPTQ: columns in order of decreasing Hessian diagonal
+    # GPTQ: columns in order of decreasing Hessian diagonal; None: on for GGML grids (their scales
+    # are fixed before GPTQ, so the order costs nothing; SmolLM2 Q4_0 KL 0.128 against 0.181
+    # without), off for the integer group grids (whose groups are then fixed from the original weights)
+    act_order: bool | None = None
     damp: float = 0.01  # GPTQ Hessian dampening, fraction of the mean diagonal
     blocksize: int = 128  # GPTQ column block
     awq_grid: int = 20  # AWQ: alphas 0, 1/grid, ..., (grid-1)/grid
@@ -67,6 +71,9 @@ class QuantizeConfig:
     ggml_bpw: float | None = None
     ggml_ladder: list = field(default_factory=lambda: list(LADDER))
     ggml_probe: int = 4
+    # GPTQ on GGML grids: rounds of refitting the fp16 scales / mins to the codes on the full
+    # Hessian (ggml_refit.py), GPTQ choosing the codes again between rounds; 0: the first grid kept
+    ggml_refit: int = 2
 
     @property
     def spec(self) -> QuantSpec:
@@ -106,6 +113,8 @@ class QuantizeConfig:
             raise ConfigValueError(f"quantize kernel must be auto or simulated (got {self.kernel!r})")
         if self.damp <= 0 or self.blocksize < 1 or self.awq_grid < 1:
             raise ConfigValueError("quantize damp must be > 0, blocksize and awq_grid >= 1")
+        if not isinstance(self.ggml_refit, int) or self.ggml_refit < 0:
+            raise ConfigValueError(f"quantize ggml_refit must be a whole number of rounds >= 0 (got {self.ggml_refit!r})")
         if self.ggml_bpw is not None:
             if not isinstance(self.ggml_bpw, (int, float)) or not 2.0 <= float(self.ggml_bpw) <= 8.5:
                 raise ConfigValueError(f"quantize ggml_bpw must be a number of bits per weight in [2, 8.5] "
@@ -121,11 +130,12 @@ class QuantizeConfig:
             if self.method == "awq" or self.activations != "none" or self.smoothquant is not None:
                 raise ConfigValueError("quantize ggml grids take method rtn or gptq, weight-only, without "
                                        "SmoothQuant (llama.cpp quantizes activations itself)")
-        for rx in [*self.ignore, *self.ggml_types]:
-            try:
-                re.compile(rx)
-            except re.error as e:
-                raise ConfigValueError(f"quantize ignore regex {rx!r} is invalid ({e})") from None
+        for option, rxs in (("ignore", self.ignore), ("ggml_types", self.ggml_types)):
+            for rx in rxs:
+                try:
+                    re.compile(rx)
+                except re.error as e:
+                    raise ConfigValueError(f"quantize {option} regex {rx!r} is invalid ({e})") from None
 
     @property
     def smoothing(self) -> SmoothingConfig | None:
@@ -197,6 +207,8 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
         if model.lazy:
             raise ConfigValueError("quantize attention: int8 calibrates on whole-model passes; load the "
                                    "model without lazy (streaming) blocks")
+    if cfg.act_order is None:
+        cfg = dataclasses.replace(cfg, act_order=bool(cfg.ggml or cfg.ggml_bpw is not None))
     if cfg.granularity == "auto":
         cfg = dataclasses.replace(cfg, granularity="token" if model.is_causal else "tensor")
     spec = cfg.spec
@@ -207,8 +219,9 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     calib = calibration_set(model, **(calibration or {})) if cfg.needs_calibration() or cfg.ggml_bpw else None
     if cfg.ggml_bpw is not None:
         names = [n for blk in model.arch.blocks for n in _selected(cfg, blk)]
+        fixed = {n: cfg.ggml_type_of(n) for n in names if any(re.search(rx, n) for rx in cfg.ggml_types)}
         alloc = allocate_types(model, names, float(cfg.ggml_bpw), calib.batches[:cfg.ggml_probe],
-                               tuple(cfg.ggml_ladder))
+                               tuple(cfg.ggml_ladder), fixed)
         chosen = {f"^{re.escape(n)}$": t for n, t in alloc.types.items()}
         cfg = dataclasses.replace(cfg, ggml=cfg.ggml or cfg.ggml_ladder[0], ggml_types={**cfg.ggml_types, **chosen})
         log.allocation = alloc.summary()
@@ -231,9 +244,14 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
         if cfg.method == "gptq":
             H = stats.hessian(torch.float64, release=last)
             grid = choose_grid(W, t, torch.diag(H).float())
-            res = gptq(W, H, None, cfg.blocksize, cfg.damp, cfg.act_order, overwrite_h=True, grid=grid)
-            del H
+            rounds = cfg.ggml_refit
+            # refit rounds read H after GPTQ has run: GPTQ then inverts a copy
+            res = gptq(W, H, None, cfg.blocksize, cfg.damp, cfg.act_order, overwrite_h=not rounds, grid=grid)
             u = res.q
+            if rounds:
+                grid, u = refit_rounds(W, H, u, grid, rounds,
+                                       lambda g: gptq(W, H, None, cfg.blocksize, cfg.damp, cfg.act_order, grid=g).q)
+            del H
             if res.info.retries or res.info.dead_channels:
                 notes.append(f"{name}: damp {res.info.damp:g} after {res.info.retries} retries, "
                              f"{res.info.dead_channels} dead input channels")

@@ -1,7 +1,7 @@
 """slimformer's GPTQ codes on llama.cpp's grids against llama.cpp's own quantization, per type mix,
 at the same tensor types (so the same file size), scored on the same token ids in llama.cpp.
 
-    python benchmarks/gguf_kquants.py --model smollm2 --mixes q4_k_m,q4_0 --windows 16 [--imatrix]
+    python benchmarks/gguf_kquants.py --model smollm2 --mixes q4_k_m,q4_0 --windows 16 [--imatrix] [--decode 3]
 
 For each llama.cpp mix (llama_model_quantize's file type, e.g. Q4_K_M with its per-tensor choices
 and fallbacks on widths that are not multiples of 256):
@@ -14,13 +14,15 @@ and fallbacks on widths that are not multiples of 256):
   the token embeddings in the type llama.cpp gave them (its round-to-nearest, both sides).
 Every file is run in llama.cpp on the first --windows WikiText-2 test windows of 1024 tokens (the
 HF tokenizer's ids): perplexity, and the KL divergence to the F32 GGUF's next-token distribution
-over every predicted token (mean, 99th percentile). Rows in results/gguf_kquants.jsonl.
+over every predicted token (mean, 99th percentile); with --decode N, llama-bench's tg128 decode
+tokens/s at 1 thread (N repetitions, one file after another). Rows in results/gguf_kquants.jsonl.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import ctypes
+import json
 import re
 import subprocess
 import tempfile
@@ -58,6 +60,15 @@ def llama_quantize(src: Path, dst: Path, ftype: str, threads: int, imatrix: Path
     if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
         raise RuntimeError("llama_model_quantize failed")
     return time.perf_counter() - t0
+
+
+def decode_tokens_per_s(path: Path, threads: int, repeats: int) -> dict:
+    """llama-bench tg128 (decode of 128 tokens, no prompt) at `threads` threads: mean and std."""
+    out = subprocess.run([str(TOOLS / "llama-bench"), "-m", str(path), "-p", "0", "-n", "128", "-t", str(threads),
+                          "-r", str(repeats), "-o", "json"], check=True, capture_output=True, text=True).stdout
+    row = json.loads(out)[0]
+    return {"decode_tg128": round(float(row["avg_ts"]), 2), "decode_std": round(float(row["stddev_ts"]), 2),
+            "decode_threads": threads}
 
 
 def module_names(model) -> dict[str, str]:
@@ -107,6 +118,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=64, help="calibration windows of 1024 (both sides)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--imatrix", action="store_true", help="also llama.cpp with an importance matrix")
+    p.add_argument("--decode", type=int, default=0, metavar="REPEATS",
+                   help="also llama-bench tg128 at 1 thread per file, REPEATS repetitions (files in turn)")
     p.add_argument("--out", default="results/gguf_kquants.jsonl")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -158,13 +171,15 @@ def main() -> None:
         n_params = sum(t.n_elements for t in gguf.GGUFReader(str(f32)).tensors)
         scores = kl_and_ppl({k: open_model(str(v)) for k, v in files.items()}, windows)
         for name, s in scores.items():
+            if args.decode:
+                s.update(decode_tokens_per_s(files[name], 1, args.decode))
             size = files[name].stat().st_size
             row = {"model": args.model, "file": name, **s, "bytes": size, "bpw": size * 8 / n_params,
                    "windows": args.windows, "calibration": f"{args.samples} x 1024 WikiText-2 validation",
                    **meta.get(name, {}), "threads": args.threads, "environment": environment()}
             append_row(args.out, row)
             print(f"{name:34s} ppl {s['ppl']:8.3f}  KLD {s['kld_mean']:.4f} (p99 {s['kld_p99']:.3f})  "
-                  f"{row['bpw']:.2f} bpw")
+                  f"{row['bpw']:.2f} bpw" + (f"  {s['decode_tg128']:.1f} tok/s" if args.decode else ""))
 
 
 if __name__ == "__main__":

@@ -20,20 +20,21 @@ import torch
 from ..nn.ggml_grid import GgmlGrid, grid_from_stored
 
 
-def _bases(grid: GgmlGrid, u: torch.Tensor) -> tuple[list[str], torch.Tensor, int]:
-    """The stored keys refitted, their per-column basis values [rows, keys, cols], columns per group."""
+def _bases(grid: GgmlGrid, u: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """The stored keys refitted (one number per type.block columns) and their per-column basis
+    values [rows, keys, cols]."""
     t, st = grid.type, grid.stored
     rows, cols = u.shape
     sub = torch.arange(cols) // t.sub
     q = u.float() - t.zero
     if not t.super_scales:
         if t.affine:
-            return ["d", "m"], torch.stack([q, torch.ones_like(q)], 1), t.block
-        return ["d"], q[:, None], t.block
+            return ["d", "m"], torch.stack([q, torch.ones_like(q)], 1)
+        return ["d"], q[:, None]
     sc = st["sc"].float()[:, sub]
     if t.affine:
-        return ["d", "dmin"], torch.stack([sc * q, -st["m"].float()[:, sub]], 1), t.block
-    return ["d"], (sc * q)[:, None], t.block
+        return ["d", "dmin"], torch.stack([sc * q, -st["m"].float()[:, sub]], 1)
+    return ["d"], (sc * q)[:, None]
 
 
 def output_error(W: torch.Tensor, What: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,8 @@ def refit_grid(W: torch.Tensor, H: torch.Tensor, u: torch.Tensor, grid: GgmlGrid
     """The grid whose fp16 numbers are the least-squares fit of W [rows, in] given the codes u, on
     H [in, in] (X^T X up to a factor); rows where the fitted numbers do not lower the error keep
     the old ones."""
-    keys, A, gs = _bases(grid, u)
+    keys, A = _bases(grid, u)
+    gs = grid.type.block
     rows, K, cols = A.shape
     G = cols // gs
     Hb = H.double().reshape(G, gs, G, gs)

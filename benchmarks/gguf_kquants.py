@@ -9,9 +9,11 @@ and fallbacks on widths that are not multiples of 256):
   (llama_model_quantize through llama-cpp-python) and, with --imatrix, `llama-imatrix` on the same
   calibration text slimformer uses (WikiText-2 validation, windows of 1024) then
   `llama-quantize --imatrix` (tools from benchmarks/build_llama_tools.sh);
-- slimformer: GPTQ on the GGML grids of exactly the tensor types llama.cpp's file has (read from
-  it), sub-block scales chosen first with the Hessian's diagonal as importance, written exactly;
-  the token embeddings in the type llama.cpp gave them (its round-to-nearest, both sides).
+- slimformer: `quantize: {method: gptq, ggml_mix: <mix>}`, which gives every tensor the type
+  llama-quantize --imatrix gives it (checked here against llama.cpp's file, tensor by tensor),
+  sub-block scales chosen first with the Hessian's diagonal as importance, then GPTQ's codes and
+  the refit of the scales, written exactly; the token table in llama.cpp's type for it (Q8_0 or
+  Q6_K), round-to-nearest on both sides.
 Every file is run in llama.cpp on the first --windows WikiText-2 test windows of 1024 tokens (the
 HF tokenizer's ids): perplexity, and the KL divergence to the F32 GGUF's next-token distribution
 over every predicted token (mean, 99th percentile); with --decode N, llama-bench's tg128 decode
@@ -23,7 +25,6 @@ import argparse
 import copy
 import ctypes
 import json
-import re
 import subprocess
 import tempfile
 import time
@@ -37,8 +38,7 @@ from slimformer.bench.env import environment
 from slimformer.data import data_root
 from slimformer.evaluate.windows import token_windows
 from slimformer.export import export
-from slimformer.export.gguf_tensors import model_tensors
-from slimformer.export.gguf import _target, source_gguf_of, write_gguf
+from slimformer.export.gguf import source_gguf_of, write_gguf
 from slimformer.quant import QuantizeConfig, quantize_model
 from slimformer.runtime import open_model
 
@@ -69,16 +69,6 @@ def decode_tokens_per_s(path: Path, threads: int, repeats: int) -> dict:
     row = json.loads(out)[0]
     return {"decode_tg128": round(float(row["avg_ts"]), 2), "decode_std": round(float(row["stddev_ts"]), 2),
             "decode_threads": threads}
-
-
-def module_names(model) -> dict[str, str]:
-    """GGUF tensor name -> the module it is written from (block linears and the head)."""
-    m = copy.deepcopy(model)
-    quantize_model(m, QuantizeConfig(method="rtn", ggml="q8_0"), progress=False)  # marks every linear exact
-    t = _target(m)
-    return {name: module for name, _, _, module in
-            model_tensors(m.module, m.arch, t, "f32", "f32", max(b.ffn.width for b in m.arch.blocks),
-                          m.head_is_tied) if module}
 
 
 def tensor_types(path: Path) -> dict[str, str]:
@@ -120,11 +110,11 @@ def main() -> None:
     p.add_argument("--imatrix", action="store_true", help="also llama.cpp with an importance matrix")
     p.add_argument("--decode", type=int, default=0, metavar="REPEATS",
                    help="also llama-bench tg128 at 1 thread per file, REPEATS repetitions (files in turn)")
+    p.add_argument("--damp", type=float, default=QuantizeConfig.damp, help="GPTQ's Hessian dampening")
     p.add_argument("--out", default="results/gguf_kquants.jsonl")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = slimformer.load(args.model)
-    names = module_names(model)
     windows = token_windows(model, (data_root() / "wikitext2" / "wiki.test.raw").read_text(), 1024, args.windows)
     with tempfile.TemporaryDirectory(prefix="kquants-") as tmp:
         tmp = Path(tmp)
@@ -150,23 +140,25 @@ def main() -> None:
                 files[f"llama.cpp {mix} + imatrix"] = tmp / f"llama-{mix}-imatrix.gguf"
                 meta[f"llama.cpp {mix} + imatrix"] = {
                     "seconds": llama_quantize(f32, files[f"llama.cpp {mix} + imatrix"], mix, args.threads, imatrix)}
-            types = tensor_types(peer)
-            linear = {names[n]: k for n, k in types.items() if n in names}
-            base = max(set(linear.values()), key=list(linear.values()).count)
-            emb = types["token_embd.weight"]
-            cfg = QuantizeConfig(method="gptq", ggml=base, lm_head=model.arch.head in linear and not model.head_is_tied,
-                                 ggml_types={f"^{re.escape(m)}$": k for m, k in linear.items() if k != base})
             m = copy.deepcopy(model)
             t0 = time.perf_counter()
-            log = quantize_model(m, cfg, {"samples": args.samples, "seq_len": 1024}, progress=False)
+            log = quantize_model(m, QuantizeConfig(method="gptq", ggml_mix=mix, damp=args.damp),
+                                 {"samples": args.samples, "seq_len": 1024}, progress=False)
             secs = time.perf_counter() - t0
             ours = tmp / f"slimformer-{mix}.gguf"
-            details = write_gguf(m, ours, dtype="f32", embedding_dtype=emb, source_gguf=source_gguf_of(m))
-            assert tensor_types(ours) == types, "slimformer's file must hold llama.cpp's tensor types"
+            details = write_gguf(m, ours, dtype="f32", embedding_dtype=log.ggml_embedding,
+                                 source_gguf=source_gguf_of(m))
+            # ggml_mix follows llama.cpp's rules for quantization from data: the types of the imatrix file
+            if imatrix is not None:
+                want = tensor_types(files[f"llama.cpp {mix} + imatrix"])
+                differ = {k: (v, want.get(k)) for k, v in tensor_types(ours).items() if want.get(k) != v}
+                assert not differ, f"slimformer's {mix} must hold llama.cpp's tensor types: {differ}"
             files[f"slimformer GPTQ {mix}"] = ours
             meta[f"slimformer GPTQ {mix}"] = {"seconds": secs, "exact_codes": details["exact_codes"],
-                                              "types": log.ggml_types}
-            print(mix, "types:", dict(sorted(log.ggml_types.items())), f"embeddings {emb}; GPTQ {secs:.0f} s")
+                                              "types": log.ggml_types, "embedding": log.ggml_embedding,
+                                              "damp": args.damp}
+            print(mix, "types:", dict(sorted(log.ggml_types.items())), f"embeddings {log.ggml_embedding}; "
+                  f"GPTQ {secs:.0f} s")
             del m
         n_params = sum(t.n_elements for t in gguf.GGUFReader(str(f32)).tensors)
         scores = kl_and_ppl({k: open_model(str(v)) for k, v in files.items()}, windows)

@@ -31,6 +31,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .export.gguf_blocks import DENSE_TYPES
     p = argparse.ArgumentParser(prog="slimformer", description="Make Transformers smaller and faster; "
                                 "measure quality, speed, memory and size before and after.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help=model_help + ", or a `slimformer compress` output folder")
     s.add_argument("--format", required=True, choices=["hf", "compressed-tensors", "onnx", "gguf", "openvino"])
     s.add_argument("--out", required=True, help="folder (hf, onnx, openvino) or .gguf file; must not exist unless --overwrite")
-    s.add_argument("--type", dest="dtype", choices=["f32", "f16", "q8_0", "q4_0", "q4_1"],
+    s.add_argument("--type", dest="dtype", choices=list(DENSE_TYPES),
                    help="gguf: type of the weights slimformer did not quantize (default f16); quantized "
                         "layers keep their own codes in the GGUF type that holds them exactly")
     s.add_argument("--overwrite", action="store_true")

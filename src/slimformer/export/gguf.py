@@ -64,15 +64,17 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
                source_gguf: Path | None = None) -> dict:
     """Write `model` to the GGUF file `path` (the caller makes it atomic); returns what was written."""
     from gguf import GGMLQuantizationType, GGUFWriter
-    if dtype not in DENSE_TYPES or (embedding_dtype or dtype) not in DENSE_TYPES:
-        raise ConfigValueError(f"GGUF type {dtype!r}: choose one of {', '.join(DENSE_TYPES)}")
+    embedding_dtype = embedding_dtype or mix_embedding_type(model) or dtype
+    for kind in (dtype, embedding_dtype):
+        if kind not in DENSE_TYPES:
+            raise ConfigValueError(f"GGUF type {kind!r}: choose one of {', '.join(DENSE_TYPES)}")
     check_exportable(model)
     t = _target(model)
     check_vocabulary(model.tokenizer.get_vocab(), t)
     arch, root = model.arch, model.module
     writer = GGUFWriter(str(path), t.name)
     ffn_width = _check_uniform(model)
-    tensors = list(model_tensors(root, arch, t, dtype, embedding_dtype or dtype, ffn_width, model.head_is_tied))
+    tensors = list(model_tensors(root, arch, t, dtype, embedding_dtype, ffn_width, model.head_is_tied))
     kinds = Counter(kind for _, _, kind, _ in tensors)
     vocab_size = int(get_module(root, arch.embeddings[0]).weight.shape[0])
     write_metadata(writer, arch, t, model.name,
@@ -107,6 +109,12 @@ def write_gguf(model: Model, path: Path, dtype: str = "f16", embedding_dtype: st
     if context_length(arch, t) < arch.max_positions:
         out["context_length"] = f"{context_length(arch, t)} (the sliding window: llama.cpp's {t.name} has none)"
     return out
+
+
+def mix_embedding_type(model: Model) -> str | None:
+    """The token table's type a quantize stage with ggml_mix chose (llama.cpp's for that file type)."""
+    types = [e.get("ggml_embedding") for e in model.log if e.get("stage") == "quantize"]
+    return types[-1] if types else None
 
 
 def _check_uniform(model: Model) -> int:

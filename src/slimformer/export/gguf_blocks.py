@@ -21,7 +21,11 @@ from ..errors import ConfigValueError
 from ..nn.ggml_blocks import fp16_bytes as _fp16_bytes, nibbles as _nibbles
 
 BLOCK = 32
-DENSE_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
+# the types a float weight can be written in (export --type; the token table's type); the legacy
+# ones by llama.cpp's reference round-to-nearest (the gguf package), the K-quants on slimformer's
+# grid (ggml_grid.choose_grid, round-to-nearest), both after llama.cpp's width fallbacks
+REFERENCE_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+DENSE_TYPES = ("f32", "f16", *REFERENCE_TYPES, "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 
 
 def fitting_type(bits: int, group_size: int, symmetric: bool, in_features: int) -> str | None:
@@ -85,8 +89,8 @@ def unpack_blocks(data: np.ndarray, kind: str, rows: int, in_f: int) -> np.ndarr
 
 
 def dense_tensor(w: torch.Tensor, kind: str) -> tuple[np.ndarray, str]:
-    """A float weight [rows, in] (or a vector) in the GGML type `kind` (llama.cpp's reference
-    round-to-nearest for the block types, through the gguf package). Vectors stay F32."""
+    """A float weight [rows, in] (or a vector) in the GGML type `kind`, or llama.cpp's fallback
+    for it where rows are not whole 256-column super-blocks. Vectors stay F32."""
     a = w.detach().float().contiguous().numpy()
     if a.ndim == 1 or kind == "f32":
         return a, "f32"
@@ -95,5 +99,12 @@ def dense_tensor(w: torch.Tensor, kind: str) -> tuple[np.ndarray, str]:
     if a.shape[-1] % BLOCK:
         raise ConfigValueError(f"a weight of width {a.shape[-1]} cannot be stored as {kind} (blocks of "
                                f"{BLOCK}); use --type f16 or f32")
-    from gguf import GGMLQuantizationType, quants
-    return quants.quantize(a, getattr(GGMLQuantizationType, kind.upper())), kind
+    from ..nn.ggml_types import type_for_width
+    t = type_for_width(kind, a.shape[-1])
+    if t.name in REFERENCE_TYPES:
+        from gguf import GGMLQuantizationType, quants
+        return quants.quantize(a, getattr(GGMLQuantizationType, t.name.upper())), t.name
+    from ..nn.ggml_blocks import pack
+    from ..nn.ggml_grid import choose_grid
+    grid = choose_grid(torch.from_numpy(a), t)
+    return pack(grid.quantize(torch.from_numpy(a)), t, grid.stored), t.name

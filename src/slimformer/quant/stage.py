@@ -26,6 +26,7 @@ from ..stages import StageLog, register_stage
 from .act_range import RANGES, choose
 from .allocate import LADDER, allocate_types
 from .attention import attention_inputs, quantize_attention_inputs
+from .ggml_mix import BASE, check_mix, mix_types, output_type
 from .methods import gptq, rtn
 from .smoothing import SmoothingConfig, smooth_block
 
@@ -66,6 +67,10 @@ class QuantizeConfig:
     # and per-linear types by regex (first match wins), e.g. {"mlp.down_proj": q6_k}
     ggml: str | None = None
     ggml_types: dict = field(default_factory=dict)
+    # or a llama.cpp file type (q4_k_m, q3_k_m, q4_0, ...): the per-tensor types llama-quantize
+    # gives that file type, the head and embedding table included (ggml_mix.py); ggml_types
+    # regexes still win over it, as llama-quantize's --tensor-type does
+    ggml_mix: str | None = None
     # or a size target: bits per weight over the block linears, each linear's type chosen from
     # ggml_ladder by its measured sensitivity (allocate.py) on ggml_probe calibration windows
     ggml_bpw: float | None = None
@@ -121,11 +126,15 @@ class QuantizeConfig:
                                        f"(got {self.ggml_bpw!r})")
             if not self.ggml_ladder or self.ggml_probe < 1:
                 raise ConfigValueError("quantize ggml_ladder needs at least one type and ggml_probe >= 1")
-        if self.ggml is not None or self.ggml_types or self.ggml_bpw is not None:
+        if self.ggml_mix is not None:
+            check_mix(self.ggml_mix)
+            if self.ggml is not None or self.ggml_bpw is not None:
+                raise ConfigValueError("quantize ggml_mix sets every linear's type; give it without ggml or ggml_bpw")
+        if self.ggml is not None or self.ggml_types or self.ggml_bpw is not None or self.ggml_mix is not None:
             from ..nn.ggml_types import ggml_type
             for name in [self.ggml or "q8_0", *self.ggml_types.values(), *self.ggml_ladder]:
                 ggml_type(name)
-            if self.ggml is None and self.ggml_bpw is None:
+            if self.ggml is None and self.ggml_bpw is None and self.ggml_mix is None:
                 raise ConfigValueError("quantize ggml_types needs ggml: the type of the linears no regex names")
             if self.method == "awq" or self.activations != "none" or self.smoothquant is not None:
                 raise ConfigValueError("quantize ggml grids take method rtn or gptq, weight-only, without "
@@ -174,6 +183,7 @@ class QuantizeLog(StageLog):
     hessian_notes: list[str] | None = None  # GPTQ: layers whose Hessian needed more damping
     attention: dict | None = None  # int8 attention inputs: {q / k projection: its output scale}
     ggml_types: dict | None = None  # GGML grids: {type: linears written in it} (after fallbacks)
+    ggml_embedding: str | None = None  # ggml_mix: the token table's type in the GGUF export
     allocation: dict | None = None  # ggml_bpw: target, achieved bits per weight, type counts
     allocated: dict | None = None  # ggml_bpw: {linear: type} and each linear's measured sensitivity
 
@@ -199,7 +209,8 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     """Quantize `model` in place (its linears become QuantLinear). Returns the stage log."""
     cfg.validate()
     _check_dense(model, cfg)
-    if (cfg.ggml or cfg.ggml_bpw is not None) and model.masks:
+    ggml_grids = bool(cfg.ggml or cfg.ggml_bpw is not None or cfg.ggml_mix)
+    if ggml_grids and model.masks:
         raise ConfigValueError("quantize ggml grids keep pruned weights at zero only approximately (affine "
                                "K-quant mins); quantize pruned models with bits / group_size instead")
     if cfg.attention == "int8":
@@ -208,7 +219,7 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
             raise ConfigValueError("quantize attention: int8 calibrates on whole-model passes; load the "
                                    "model without lazy (streaming) blocks")
     if cfg.act_order is None:
-        cfg = dataclasses.replace(cfg, act_order=bool(cfg.ggml or cfg.ggml_bpw is not None))
+        cfg = dataclasses.replace(cfg, act_order=ggml_grids)
     if cfg.granularity == "auto":
         cfg = dataclasses.replace(cfg, granularity="token" if model.is_causal else "tensor")
     spec = cfg.spec
@@ -217,6 +228,9 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
                       granularity=cfg.granularity if cfg.activations == "dynamic" else None,
                       smoothquant=cfg.smoothquant, act_order=cfg.act_order)
     calib = calibration_set(model, **(calibration or {})) if cfg.needs_calibration() or cfg.ggml_bpw else None
+    if cfg.ggml_mix is not None:
+        cfg, log.ggml_embedding = _resolve_mix(model, cfg)
+        log.format = f"ggml {cfg.ggml_mix} mix"
     if cfg.ggml_bpw is not None:
         names = [n for blk in model.arch.blocks for n in _selected(cfg, blk)]
         fixed = {n: cfg.ggml_type_of(n) for n in names if any(re.search(rx, n) for rx in cfg.ggml_types)}
@@ -339,6 +353,23 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
     log.scales = dict(scaling) or None
     log.hessian_notes = notes or None
     return log
+
+
+def _resolve_mix(model: Model, cfg: QuantizeConfig) -> tuple[QuantizeConfig, str]:
+    """The llama.cpp file type as ggml / ggml_types (the user's regexes first: first match wins)
+    and lm_head; returns it with the token table's type, which the GGUF export writes."""
+    names = [n for blk in model.arch.blocks for n in _selected(cfg, blk)]
+    widths = {n: get_module(model.module, n).weight.shape[1] for n in names}
+    chosen = {f"^{re.escape(n)}$": t for n, t in
+              mix_types(model.arch, cfg.ggml_mix, widths, data_driven=cfg.method != "rtn").items()}
+    hidden = get_module(model.module, model.arch.embeddings[0]).weight.shape[1]
+    base, head = BASE[check_mix(cfg.ggml_mix)], output_type(cfg.ggml_mix, hidden)
+    untied = model.arch.head is not None and not model.head_is_tied
+    if untied:  # llama.cpp: the output layer on its own type, the table on the base type
+        chosen[f"^{re.escape(model.arch.head)}$"] = head
+    table = type_for_width(base, hidden).name if untied else head
+    cfg = dataclasses.replace(cfg, ggml=base, ggml_types={**cfg.ggml_types, **chosen}, lm_head=cfg.lm_head or untied)
+    return cfg, table
 
 
 def _quantize_head(model: Model, cfg: QuantizeConfig, kernels: Counter) -> None:

@@ -1,0 +1,155 @@
+"""ggml_mix: llama.cpp's file types as per-tensor types, checked against llama_model_quantize's
+own choices tensor by tensor, on a tiny Llama deep enough (16 layers) for llama.cpp's layer rules
+(first / last eighth, every third layer, first sixteenth) and with both kinds of width: hidden 256
+(whole super-blocks: q/k/v/o/gate/up take K-quants) and FFN 320 (ffn_down falls back)."""
+from __future__ import annotations
+
+import copy
+import ctypes
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import transformers as T
+
+from conftest import POSITIONS, VOCAB
+from slimformer.errors import ConfigValueError
+from slimformer.export import export
+from slimformer.export.gguf_blocks import dense_tensor
+from slimformer.model import load
+from slimformer.nn.ggml_types import type_for_width
+from slimformer.quant import QuantizeConfig, quantize_model
+from slimformer.quant.stage import _resolve_mix
+
+import llama_cpp  # a dependency: its absence is a failure, not a skip
+
+LAYERS = 16
+
+
+def _deep(tiny_dir, tmp_path_factory, tied: bool):
+    cfg = T.LlamaConfig(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2, hidden_size=256,
+                        num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=1, intermediate_size=320,
+                        max_position_embeddings=POSITIONS, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    module = T.AutoModelForCausalLM.from_config(cfg).eval()
+    folder = tmp_path_factory.mktemp("deep") / "llama"
+    module.save_pretrained(folder)
+    T.AutoTokenizer.from_pretrained(tiny_dir["llama"]).save_pretrained(folder)
+    return load(folder)
+
+
+@pytest.fixture(scope="module")
+def deep(tiny_dir, tmp_path_factory):
+    return {tied: _deep(tiny_dir, tmp_path_factory, tied) for tied in (False, True)}
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMFORMER_CACHE", str(tmp_path / "cache"))
+
+
+def _types(path) -> dict[str, str]:
+    return {t.name: t.tensor_type.name.lower() for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def _llama_quantize(src, dst, mix: str) -> None:
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{mix.upper()}")
+    params.nthread = 1
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
+
+
+@pytest.fixture(scope="module")
+def f32(deep, tmp_path_factory):
+    """Each model's F32 GGUF, which llama-quantize reads."""
+    out = {}
+    for tied, model in deep.items():
+        out[tied] = tmp_path_factory.mktemp("f32") / "f32.gguf"
+        export(model, "gguf", out[tied], dtype="f32")
+    return out
+
+
+def _gguf_names(model) -> dict[str, str]:
+    """GGUF tensor name -> module (Llama's names in llama.cpp)."""
+    out = {}
+    for i, b in enumerate(model.arch.blocks):
+        a, f = b.attn, b.ffn
+        out.update({f"blk.{i}.attn_q.weight": a.q, f"blk.{i}.attn_k.weight": a.k, f"blk.{i}.attn_v.weight": a.v,
+                    f"blk.{i}.attn_output.weight": a.o, f"blk.{i}.ffn_gate.weight": f.gate,
+                    f"blk.{i}.ffn_up.weight": f.up, f"blk.{i}.ffn_down.weight": f.down})
+    if not model.head_is_tied:
+        out["output.weight"] = model.arch.head
+    return out
+
+
+def _mix(model, mix: str, method: str = "rtn") -> dict[str, str]:
+    """GGUF tensor name -> the type ggml_mix gives it (the table's included)."""
+    cfg, table = _resolve_mix(model, QuantizeConfig(method=method, ggml_mix=mix))
+    width = {n: model.module.get_submodule(n).weight.shape[1] for n in _gguf_names(model).values()}
+    return {"token_embd.weight": table,
+            **{g: type_for_width(cfg.ggml_type_of(n), width[n]).name for g, n in _gguf_names(model).items()}}
+
+
+@pytest.mark.parametrize("tied,mix", [(False, "q4_k_m"), (False, "q3_k_m"), (False, "q2_k"), (False, "q4_k_s"),
+                                      (False, "q3_k_l"), (False, "q5_k_m"), (True, "q4_k_m"), (True, "q4_0"),
+                                      (True, "q8_0")])
+def test_mix_gives_llama_quantizes_tensor_types(deep, f32, tmp_path, tied, mix):
+    _llama_quantize(f32[tied], tmp_path / "llama.gguf", mix)
+    want = {k: v for k, v in _types(tmp_path / "llama.gguf").items() if v != "f32"}
+    got = _mix(deep[tied], mix)
+    assert got == want, {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+    assert len(set(want.values())) >= (1 if mix == "q8_0" else 2)  # rules and fallbacks both acted
+
+
+def test_the_mix_is_what_the_file_holds(deep, f32, tmp_path):
+    """The whole path: quantize with ggml_mix, export (the table on Q6_K, from the stage log, as
+    compress records it), and the file's tensor types are llama-quantize's."""
+    model = copy.deepcopy(deep[True])
+    log = quantize_model(model, QuantizeConfig(method="rtn", ggml_mix="q4_k_m"), progress=False)
+    assert log.format == "ggml q4_k_m mix" and log.ggml_embedding == "q6_k"
+    model.log.append(log.to_dict())
+    export(model, "gguf", tmp_path / "ours.gguf", dtype="f32")
+    _llama_quantize(f32[True], tmp_path / "llama.gguf", "q4_k_m")
+    assert _types(tmp_path / "ours.gguf") == _types(tmp_path / "llama.gguf")
+
+
+def test_data_driven_q4_0_follows_llama_cpps_imatrix_rule(deep):
+    """With calibration data (GPTQ), Q4_0's first eighth of ffn_down is Q4_1, as llama-quantize
+    --imatrix writes it; without (RTN) every ffn_down stays Q4_0."""
+    model = deep[True]
+    gptq, rtn = _mix(model, "q4_0", "gptq"), _mix(model, "q4_0", "rtn")
+    down = [f"blk.{i}.ffn_down.weight" for i in range(LAYERS)]
+    assert [gptq[d] for d in down] == ["q4_1"] * (LAYERS // 8) + ["q4_0"] * (LAYERS - LAYERS // 8)
+    assert {rtn[d] for d in down} == {"q4_0"}
+    assert {k: v for k, v in gptq.items() if k not in down} == {k: v for k, v in rtn.items() if k not in down}
+
+
+def test_user_types_win_over_the_mix(deep):
+    model = deep[False]
+    cfg, _ = _resolve_mix(model, QuantizeConfig(method="rtn", ggml_mix="q4_k_m", ggml_types={r"up_proj": "q8_0"}))
+    assert {cfg.ggml_type_of(b.ffn.up) for b in model.arch.blocks} == {"q8_0"}
+    assert {cfg.ggml_type_of(b.ffn.gate) for b in model.arch.blocks} == {"q4_k"}
+    assert cfg.ggml_type_of(model.arch.blocks[0].ffn.down) == "q8_0"  # q6_k, fallen back at 320 columns
+
+
+@pytest.mark.parametrize("kind,want", [("q6_k", "q6_k"), ("q4_k", "q4_k"), ("q5_0", "q5_0"), ("q6_k_narrow", "q8_0")])
+def test_float_weights_in_any_ggml_type_read_back_close(kind, want):
+    """A float weight (the token table) written in a K-quant or Q5 type: the gguf package's
+    dequantizer reads it back within that type's rounding error; narrow rows take the fallback."""
+    cols = 96 if kind.endswith("narrow") else 512
+    w = torch.randn(8, cols, generator=torch.Generator().manual_seed(0))
+    data, got = dense_tensor(w, kind.removesuffix("_narrow"))
+    assert got == want
+    back = gguf.quants.dequantize(np.asarray(data), getattr(gguf.GGMLQuantizationType, want.upper()))
+    rel = float(np.linalg.norm(back.reshape(w.shape) - w.numpy()) / np.linalg.norm(w.numpy()))
+    bits = {"q6_k": 6, "q4_k": 4, "q5_0": 5, "q8_0": 8}[want]
+    assert rel < 2.0 ** -(bits - 1.5), rel  # about a step of the grid over the Gaussian's range
+
+
+@pytest.mark.parametrize("bad,match", [(dict(ggml_mix="q4_k_x"), "file type"),
+                                       (dict(ggml_mix="q4_k_m", ggml="q4_0"), "without ggml"),
+                                       (dict(ggml_mix="q4_k_m", method="awq"), "rtn or gptq")])
+def test_bad_mix_options_are_one_line_errors(bad, match):
+    with pytest.raises(ConfigValueError, match=match):
+        QuantizeConfig(**bad).validate()

@@ -319,6 +319,15 @@ def test_distillation_on_the_ggml_grid_keeps_the_blocks_and_lowers_the_kl(tiny, 
     assert np.array_equal(gguf.quants.dequantize(np.array(t.data), t.tensor_type), down.dequantized().numpy())
 
 
+def test_gradual_pruning_is_refused_on_ggml_grids(tiny):
+    """Pruned weights must stay zero, which affine GGML grids cannot promise: refused before any work."""
+    from slimformer.recover import RecoverConfig, recover
+    student = copy.deepcopy(tiny["llama"])
+    quantize_model(student, QuantizeConfig(method="rtn", ggml="q4_k"), progress=False)
+    with pytest.raises(ConfigValueError, match="prune_to"):
+        recover(student, tiny["llama"], RecoverConfig(steps=4, prune_to=0.5), progress=False)
+
+
 def test_size_target_allocates_types_from_measured_sensitivity(wide, tmp_path):
     model = copy.deepcopy(wide)
     cal = {"samples": 2, "seq_len": 32}

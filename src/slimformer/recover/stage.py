@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import ConfigValueError
 from ..model import Model
+from ..nn.ggml_linear import GgmlLinear
 from ..stages import StageLog, register_stage
 from .data import TrainSet, build_train_set, names_test_split
 from .heldout import held_out_evaluation
@@ -198,6 +199,9 @@ def recover(model: Model, original: Model, cfg: RecoverConfig, work_dir: Path | 
     if not model.is_causal and (cfg.cosine or cfg.mse) and model.arch.hidden_size != original.arch.hidden_size:
         raise ConfigValueError("embedding cosine / MSE need the original's width; this encoder's hidden channels "
                                "were trimmed: set cosine: 0, mse: 0 and relation: 1")
+    if cfg.prune_to is not None and any(isinstance(m, GgmlLinear) for m in model.module.modules()):
+        raise ConfigValueError("recover prune_to keeps pruned weights at zero, which GGML grids hold only "
+                               "approximately (affine K-quant mins); prune before quantizing onto ggml grids")
     data = build_train_set(model, cfg.data, cfg.seq_len, cfg.holdout)
     evaluation = held_out_evaluation(model, original, cfg, data)
     qat = to_fake(model)

@@ -19,17 +19,19 @@ class FakeGgmlLinear(nn.Module):
         self.in_features, self.out_features = g.in_features, g.out_features
         self.weight = nn.Parameter(g.dequantized().clone())
         self.bias = nn.Parameter(g.bias.clone()) if g.bias is not None else None
-        s, b = self.grid.columns(0, g.in_features)
-        self.register_buffer("s", s)
-        self.register_buffer("b", b)
+        # one scale (and min) per sub-block, broadcast over its columns in forward: no weight-sized copies
+        self.register_buffer("s", self.grid.s.clone())
+        self.register_buffer("b", self.grid.b.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t, s, b = self.grid.type, self.s, self.b
+        t = self.grid.type
+        w = self.weight.view(self.out_features, -1, t.sub)
+        s, b = self.s[..., None], self.b[..., None]
         safe = torch.where(s == 0, torch.ones_like(s), s)
-        r = (self.weight - b) / safe
+        r = (w - b) / safe
         u = torch.clamp(r + (torch.round(r) - r).detach() + t.zero, t.umin, t.umax)
         u = torch.where(s == 0, torch.full_like(u, t.zero), u)
-        return nn.functional.linear(x, self.grid.value(u, s, b), self.bias)
+        return nn.functional.linear(x, self.grid.value(u, s, b).reshape(self.out_features, -1), self.bias)
 
     @torch.no_grad()
     def to_quant(self) -> GgmlLinear:

@@ -535,7 +535,7 @@ def test_shared_input_group_reuses_only_the_same_unchanged_input(tiny):
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "quantize-gptq-int4.yaml", "quantize-awq-int4.yaml",
-                                  "quantize-w8a8-static.yaml"])
+                                  "quantize-w8a8-static.yaml", "export-gguf-q4_k_m.yaml"])
 def test_bundled_quantize_recipes_parse(name):
     from slimformer.recipe import default_recipe_path, load_recipe
     recipe = load_recipe(default_recipe_path().parent / name)

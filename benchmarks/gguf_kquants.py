@@ -149,9 +149,10 @@ def main() -> None:
             details = write_gguf(m, ours, dtype="f32", embedding_dtype=log.ggml_embedding,
                                  source_gguf=source_gguf_of(m))
             # ggml_mix follows llama.cpp's rules for quantization from data: the types of the imatrix file
+            # (without --imatrix, Q4_0 / Q5_0 files differ from the plain peer in the first eighth of ffn_down)
             if imatrix is not None:
-                want = tensor_types(files[f"llama.cpp {mix} + imatrix"])
-                differ = {k: (v, want.get(k)) for k, v in tensor_types(ours).items() if want.get(k) != v}
+                want, got = tensor_types(files[f"llama.cpp {mix} + imatrix"]), tensor_types(ours)
+                differ = {k: (got.get(k), want.get(k)) for k in want.keys() | got.keys() if want.get(k) != got.get(k)}
                 assert not differ, f"slimformer's {mix} must hold llama.cpp's tensor types: {differ}"
             files[f"slimformer GPTQ {mix}"] = ours
             meta[f"slimformer GPTQ {mix}"] = {"seconds": secs, "exact_codes": details["exact_codes"],

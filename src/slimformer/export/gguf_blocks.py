@@ -106,5 +106,12 @@ def dense_tensor(w: torch.Tensor, kind: str) -> tuple[np.ndarray, str]:
         return quants.quantize(a, getattr(GGMLQuantizationType, t.name.upper())), t.name
     from ..nn.ggml_blocks import pack
     from ..nn.ggml_grid import choose_grid
-    grid = choose_grid(torch.from_numpy(a), t)
-    return pack(grid.quantize(torch.from_numpy(a)), t, grid.stored), t.name
+    parts = []
+    for r in range(0, a.shape[0], ROWS):  # bounded temporaries for large tables (the scale search)
+        x = torch.from_numpy(a[r:r + ROWS])
+        grid = choose_grid(x, t)
+        parts.append(pack(grid.quantize(x), t, grid.stored))
+    return np.concatenate(parts), t.name
+
+
+ROWS = 8192  # rows per chunk of a float weight rounded onto a K-quant grid

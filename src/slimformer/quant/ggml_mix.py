@@ -77,9 +77,19 @@ def output_type(mix: str, columns: int) -> str:
     return "q8_0" if columns % 256 or BASE[check_mix(mix)] == "q8_0" else "q6_k"
 
 
-def mix_types(arch: ArchMap, mix: str, widths: dict[str, int], data_driven: bool) -> dict[str, str]:
+def _is_70b(gguf_arch: str | None, n_layers: int, n_heads: int, n_kv_heads: int) -> bool:
+    """llama.cpp's LLM_TYPE_70B (models/llama.cpp, qwen2.cpp, olmo.cpp): 80 layers; for llama with
+    grouped kv heads (equal counts are its 65B)."""
+    if n_layers != 80:
+        return False
+    return n_heads != n_kv_heads if gguf_arch == "llama" else gguf_arch in ("qwen2", "olmo")
+
+
+def mix_types(arch: ArchMap, mix: str, widths: dict[str, int], data_driven: bool,
+              gguf_arch: str | None = None) -> dict[str, str]:
     """{block linear: GGML type} for the linears in `widths` (name -> input columns), after the
-    width fallbacks. `data_driven`: the codes come from calibration data (llama.cpp's imatrix rules)."""
+    width fallbacks. `data_driven`: the codes come from calibration data (llama.cpp's imatrix
+    rules); `gguf_arch`: the llama.cpp architecture the model is written as (its 70B rule)."""
     mix = check_mix(mix)
     base = BASE[mix]
     n = len(arch.blocks)
@@ -87,8 +97,10 @@ def mix_types(arch: ArchMap, mix: str, widths: dict[str, int], data_driven: bool
     for i, blk in enumerate(arch.blocks):
         a, f = blk.attn, blk.ffn
         n_gqa = a.n_heads // max(a.n_kv_heads, 1)
-        rules = {a.v or a.qkv: _attn_v(mix, i, n, n_gqa), f.down: _ffn_down(mix, i, n, data_driven),
-                 a.o: _ATTN_OUT.get(mix)}
+        v = _attn_v(mix, i, n, n_gqa) or base
+        if v in ("q3_k", "q4_k") and _is_70b(gguf_arch, n, a.n_heads, a.n_kv_heads):
+            v = "q5_k"  # 8 query heads share each attn_v there: more bits for little size
+        rules = {a.v or a.qkv: v, f.down: _ffn_down(mix, i, n, data_driven), a.o: _ATTN_OUT.get(mix)}
         for name in blk.linears:
             if name in widths:
                 out[name] = type_for_width(rules.get(name) or base, widths[name]).name

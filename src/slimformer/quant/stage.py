@@ -358,18 +358,23 @@ def quantize_model(model: Model, cfg: QuantizeConfig, calibration: dict | None =
 def _resolve_mix(model: Model, cfg: QuantizeConfig) -> tuple[QuantizeConfig, str]:
     """The llama.cpp file type as ggml / ggml_types (the user's regexes first: first match wins)
     and lm_head; returns it with the token table's type, which the GGUF export writes."""
+    from ..model.families import family
     names = [n for blk in model.arch.blocks for n in _selected(cfg, blk)]
     widths = {n: get_module(model.module, n).weight.shape[1] for n in names}
+    gguf_arch = family(model.arch).gguf_arch.get(model.arch.model_type)
     chosen = {f"^{re.escape(n)}$": t for n, t in
-              mix_types(model.arch, cfg.ggml_mix, widths, data_driven=cfg.method != "rtn").items()}
+              mix_types(model.arch, cfg.ggml_mix, widths, cfg.method != "rtn", gguf_arch).items()}
     hidden = get_module(model.module, model.arch.embeddings[0]).weight.shape[1]
     base, head = BASE[check_mix(cfg.ggml_mix)], output_type(cfg.ggml_mix, hidden)
-    untied = model.arch.head is not None and not model.head_is_tied
-    if untied:  # llama.cpp: the output layer on its own type, the table on the base type
+    # an own output layer (untied, or untied by lm_head): on its type, the table on the base type
+    own_head = model.arch.head is not None and (not model.head_is_tied or cfg.lm_head)
+    if own_head:
         chosen[f"^{re.escape(model.arch.head)}$"] = head
-    table = type_for_width(base, hidden).name if untied else head
-    cfg = dataclasses.replace(cfg, ggml=base, ggml_types={**cfg.ggml_types, **chosen}, lm_head=cfg.lm_head or untied)
-    return cfg, table
+    table = type_for_width(base, hidden).name if own_head else head
+    types = dict(cfg.ggml_types)
+    for rx, t in chosen.items():  # a user regex equal to a linear's own wins too
+        types.setdefault(rx, t)
+    return dataclasses.replace(cfg, ggml=base, ggml_types=types, lm_head=own_head), table
 
 
 def _quantize_head(model: Model, cfg: QuantizeConfig, kernels: Counter) -> None:

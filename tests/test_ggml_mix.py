@@ -187,7 +187,8 @@ def test_float_weights_in_any_ggml_type_read_back_close(kind, want):
 
 @pytest.mark.parametrize("bad,match", [(dict(ggml_mix="q4_k_x"), "file type"),
                                        (dict(ggml_mix="q4_k_m", ggml="q4_0"), "without ggml"),
-                                       (dict(ggml_mix="q4_k_m", method="awq"), "rtn or gptq")])
+                                       (dict(ggml_mix="q4_k_m", method="awq"), "rtn or gptq"),
+                                       (dict(ggml_mix="q2_k_s", method="rtn"), "importance matrix")])
 def test_bad_mix_options_are_one_line_errors(bad, match):
     with pytest.raises(ConfigValueError, match=match):
         QuantizeConfig(**bad).validate()

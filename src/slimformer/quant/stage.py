@@ -130,6 +130,9 @@ class QuantizeConfig:
             check_mix(self.ggml_mix)
             if self.ggml is not None or self.ggml_bpw is not None:
                 raise ConfigValueError("quantize ggml_mix sets every linear's type; give it without ggml or ggml_bpw")
+            if str(self.ggml_mix).lower() == "q2_k_s" and self.method == "rtn":
+                raise ConfigValueError("quantize ggml_mix q2_k_s needs calibration data (llama-quantize refuses it "
+                                       "without an importance matrix); use method: gptq")
         if self.ggml is not None or self.ggml_types or self.ggml_bpw is not None or self.ggml_mix is not None:
             from ..nn.ggml_types import ggml_type
             for name in [self.ggml or "q8_0", *self.ggml_types.values(), *self.ggml_ladder]:

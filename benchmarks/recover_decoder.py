@@ -3,7 +3,9 @@
     python benchmarks/recover_decoder.py --runs layers:6 --minutes 60
     python benchmarks/recover_decoder.py --runs sparsegpt:2:4 --minutes 60
 
-A run is `layers:N` (drop N blocks by block influence, one-shot), `trim:N:F` (N blocks and a
+A run is `ggml:MIX` (GPTQ onto llama.cpp's grids of that file type, e.g. ggml:q4_0, with
+ggml_mix, 16 x 1024 calibration windows; recovery then trains on that fixed grid), `layers:N`
+(drop N blocks by block influence, one-shot), `trim:N:F` (N blocks and a
 fraction F of every kept block's FFN neurons, fluctuation scores with reconstruction) or `METHOD:N:M` / `METHOD:S`
 (prune with slimformer's SparseGPT / Wanda / magnitude, default calibration: 64 x 1024 WikiText-2
 validation windows). Then the recover stage: KL(teacher || student) of next-token distributions
@@ -25,6 +27,7 @@ import torch
 import slimformer
 from slimformer.bench.env import environment
 from slimformer.prune.stage import PruneConfig, prune_model
+from slimformer.quant import QuantizeConfig, quantize_model
 from slimformer.recover import RecoverConfig, recover
 from slimformer.trim import TrimConfig, trim_model
 
@@ -34,7 +37,10 @@ from common import append_row, decode_ratio, quality
 def compress(base, run: str):
     parts = run.split(":")
     m = copy.deepcopy(base)
-    if parts[0] == "trim":
+    if parts[0] == "ggml":
+        quantize_model(m, QuantizeConfig(method="gptq", ggml_mix=parts[1]), {"samples": 16, "seq_len": 1024},
+                       progress=False)
+    elif parts[0] == "trim":
         trim_model(m, TrimConfig(layers=int(parts[1]), ffn=float(parts[2])), None, original=base, progress=False)
     elif parts[0] == "layers":
         trim_model(m, TrimConfig(layers=int(parts[1]), layer_score="block_influence"), None, original=base,

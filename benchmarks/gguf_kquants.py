@@ -75,22 +75,30 @@ def tensor_types(path: Path) -> dict[str, str]:
     return {t.name: t.tensor_type.name.lower() for t in gguf.GGUFReader(str(path)).tensors}
 
 
-def kl_and_ppl(models: dict[str, object], windows: torch.Tensor) -> dict[str, dict]:
-    """Per file: perplexity and KL(F32 || file) over every predicted token of the windows."""
-    out = {k: {"nll": [], "kl": []} for k in models}
-    for w in windows:
-        ids = w[None]
-        ref = None
-        for name, m in models.items():
+def kl_and_ppl(files: dict[str, Path], windows: torch.Tensor, rows: int = 256) -> dict[str, dict]:
+    """Per file: perplexity and KL(F32 || file) over every predicted token of the windows. One
+    llama.cpp model open at a time (a 262k vocabulary makes each context's logits 1 GB per 1024
+    tokens); the reference's log-probabilities kept in float32, the sums in float64, `rows`
+    positions at a time."""
+    import gc
+    ref, res = [], {}
+    for name, path in files.items():
+        m = open_model(str(path))
+        nll, kl = [], []
+        for j, w in enumerate(windows):
             with torch.no_grad():
-                logp = torch.log_softmax(m.module(input_ids=ids).logits[0, :-1].double(), -1)
-            out[name]["nll"].append(-logp.gather(1, w[1:, None])[:, 0])
-            if ref is None:
-                ref = logp
-            out[name]["kl"].append((ref.exp() * (ref - logp)).sum(-1))
-    res = {}
-    for name, d in out.items():
-        nll, kl = torch.cat(d["nll"]), torch.cat(d["kl"])
+                logits = m.module(input_ids=w[None]).logits[0, :-1].float()
+            if len(ref) <= j:
+                ref.append(torch.log_softmax(logits, -1))  # the first file is the reference
+            for r in range(0, logits.shape[0], rows):
+                logp = torch.log_softmax(logits[r:r + rows].double(), -1)
+                rp = ref[j][r:r + rows].double()
+                nll.append(-logp.gather(1, w[1 + r:1 + r + rows, None])[:, 0])
+                kl.append((rp.exp() * (rp - logp)).sum(-1))
+            del logits
+        del m
+        gc.collect()
+        nll, kl = torch.cat(nll), torch.cat(kl)
         res[name] = {"ppl": float(nll.mean().exp()), "kld_mean": float(kl.mean()),
                      "kld_p99": float(kl.quantile(0.99)), "tokens": int(kl.numel())}
     return res
@@ -162,7 +170,8 @@ def main() -> None:
                   f"GPTQ {secs:.0f} s")
             del m
         n_params = sum(t.n_elements for t in gguf.GGUFReader(str(f32)).tensors)
-        scores = kl_and_ppl({k: open_model(str(v)) for k, v in files.items()}, windows)
+        del model
+        scores = kl_and_ppl(files, windows)
         for name, s in scores.items():
             if args.decode:
                 s.update(decode_tokens_per_s(files[name], 1, args.decode))

@@ -106,6 +106,19 @@ def gemma3():
     return load("gemma3")
 
 
+def random_llama(tiny_dir, tmp_path_factory, **config):
+    """A random-initialised Llama of these config values (seed 0, the tiny tokenizer), loaded."""
+    from slimformer.model import load
+    cfg = T.LlamaConfig(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                        max_position_embeddings=POSITIONS, **config)
+    torch.manual_seed(0)
+    module = T.AutoModelForCausalLM.from_config(cfg).eval()
+    folder = tmp_path_factory.mktemp("llama") / "llama"
+    module.save_pretrained(folder)
+    T.AutoTokenizer.from_pretrained(tiny_dir["llama"]).save_pretrained(folder)
+    return load(folder)
+
+
 def assert_same_embeddings(a, b, n: int = 96) -> None:
     """Two encoders give bit-identical sentence embeddings on the first n STS-B test sentences (a
     reloaded model must compute what was saved; equal embeddings imply an equal STS score, and

@@ -10,9 +10,8 @@ import gguf
 import numpy as np
 import pytest
 import torch
-import transformers as T
 
-from conftest import POSITIONS, VOCAB
+from conftest import random_llama
 from slimformer.errors import ConfigValueError
 from slimformer.export import export
 from slimformer.export.gguf_tensors import rotary_order
@@ -186,15 +185,8 @@ def test_k_quants_fall_back_as_llama_cpp_does():
 @pytest.fixture(scope="module")
 def wide(tiny_dir, tmp_path_factory):
     """A tiny Llama whose widths fill 256-column super-blocks (hidden 256, FFN 512)."""
-    cfg = T.LlamaConfig(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2, hidden_size=256,
-                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=512,
-                        max_position_embeddings=POSITIONS)
-    torch.manual_seed(0)
-    module = T.AutoModelForCausalLM.from_config(cfg).eval()
-    folder = tmp_path_factory.mktemp("wide") / "llama"
-    module.save_pretrained(folder)
-    T.AutoTokenizer.from_pretrained(tiny_dir["llama"]).save_pretrained(folder)
-    return load(folder)
+    return random_llama(tiny_dir, tmp_path_factory, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=512)
 
 
 @pytest.fixture(autouse=True)

@@ -12,13 +12,11 @@ import gguf
 import numpy as np
 import pytest
 import torch
-import transformers as T
 
-from conftest import POSITIONS, VOCAB
+from conftest import random_llama
 from slimformer.errors import ConfigValueError
 from slimformer.export import export
 from slimformer.export.gguf_blocks import dense_tensor
-from slimformer.model import load
 from slimformer.nn.ggml_types import type_for_width
 from slimformer.quant import QuantizeConfig, quantize_model
 from slimformer.quant.stage import _resolve_mix
@@ -35,21 +33,12 @@ MODELS = {"deep": (LAYERS, 256, 1, 320, False), "tied": (LAYERS, 256, 1, 320, Tr
           "narrow": (8, 320, 2, 256, False), "seventy": (80, 256, 1, 64, True)}
 
 
-def _model(tiny_dir, tmp_path_factory, layers, hidden, kv, ffn, tied):
-    cfg = T.LlamaConfig(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2, hidden_size=hidden,
-                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=kv,
-                        intermediate_size=ffn, max_position_embeddings=POSITIONS, tie_word_embeddings=tied)
-    torch.manual_seed(0)
-    module = T.AutoModelForCausalLM.from_config(cfg).eval()
-    folder = tmp_path_factory.mktemp("deep") / "llama"
-    module.save_pretrained(folder)
-    T.AutoTokenizer.from_pretrained(tiny_dir["llama"]).save_pretrained(folder)
-    return load(folder)
-
-
 @pytest.fixture(scope="module")
 def deep(tiny_dir, tmp_path_factory):
-    return {k: _model(tiny_dir, tmp_path_factory, *v) for k, v in MODELS.items()}
+    return {k: random_llama(tiny_dir, tmp_path_factory, num_hidden_layers=layers, hidden_size=hidden,
+                            num_attention_heads=4, num_key_value_heads=kv, intermediate_size=ffn,
+                            tie_word_embeddings=tied)
+            for k, (layers, hidden, kv, ffn, tied) in MODELS.items()}
 
 
 @pytest.fixture(autouse=True)

@@ -66,7 +66,9 @@ def main() -> None:
     p.add_argument("--heads", type=float, default=0.5)
     p.add_argument("--ffn", type=float, default=0.5)
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, nargs="+", default=[2e-4], help="one recovered variant per value")
+    p.add_argument("--train", nargs="+", default=["blocks"], choices=["blocks", "all"],
+                   help="what is trained (RecoverConfig.train); one recovered variant per value")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--w8a8", nargs="*", default=[], choices=["ptq", "qat"])
@@ -83,7 +85,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     base = slimformer.load(args.model)
-    rc = RecoverConfig(steps=args.steps, lr=args.lr, batch_size=args.batch, eval_every=args.eval_every,
+    rc = RecoverConfig(steps=args.steps, lr=args.lr[0], batch_size=args.batch, eval_every=args.eval_every,
                        eval=args.eval, track=args.track, **({"data": args.data} if args.data else {}))
     trim_cfg = TrimConfig(score="fluctuation", heads=args.heads, ffn=args.ffn, compensate="reconstruct")
     models = [("original fp32", base, None)]
@@ -91,9 +93,15 @@ def main() -> None:
     trim_model(trimmed, trim_cfg, None, original=base, progress=False)
     models.append(("trim one-shot", trimmed, None))
     for spec in args.loss:
-        recovered = copy.deepcopy(trimmed)
-        log = recover(recovered, base, dataclasses.replace(rc, **loss_weights(spec)) if spec else rc, progress=True)
-        models.append(("trim + recover" + (f" [{spec}]" if spec else ""), recovered, log))
+        for lr in args.lr:
+            for train in args.train:
+                recovered = copy.deepcopy(trimmed)
+                cfg = dataclasses.replace(rc, lr=lr, train=train, **(loss_weights(spec) if spec else {}))
+                log = recover(recovered, base, cfg, progress=True)
+                tags = [f"[{spec}]"] if spec else []
+                tags += [f"lr {lr:g}"] if len(args.lr) > 1 else []
+                tags += [f"train {train}"] if len(args.train) > 1 else []
+                models.append((" ".join(["trim + recover", *tags]), recovered, log))
     if "ptq" in args.w8a8:
         m = copy.deepcopy(recovered)
         quantize_model(m, W8A8, progress=False)
@@ -113,7 +121,7 @@ def main() -> None:
             best[name] = (max(old[0], thr), min(old[1], lat))
     ref = best.get("original fp32", (float("nan"), float("nan")))
     print(f"\n{args.model}, heads {args.heads:g} + FFN {args.ffn:g} trimmed, {args.steps} steps x {args.batch} "
-          f"sentences, lr {args.lr:g}; speed at {args.bench_threads} thread(s)")
+          f"sentences, lr {' / '.join(f'{v:g}' for v in args.lr)}; speed at {args.bench_threads} thread(s)")
     print("| variant | STS-B test Spearman | fidelity mean (p01): STS-B test / WikiText-2 test / SST-2 dev | "
           "throughput vs fp32 | b1x32 latency vs fp32 | training |")
     print("|---|---|---|---|---|---|")
@@ -125,7 +133,8 @@ def main() -> None:
                "spearman": quality(model, 0), "fidelity": fid.value, "fidelity_sets": fid.extra["sets"],
                "interchangeable": fid.extra["interchangeable"], "sentences_per_s": speed[0],
                "throughput_ratio": speed[0] / ref[0], "latency_ratio": ref[1] / speed[1],
-               "steps": args.steps, "lr": args.lr, "batch": args.batch, "threads": args.threads,
+               "steps": args.steps, "lr": rlog.config["lr"] if rlog else None,
+               "train": rlog.config["train"] if rlog else None, "batch": args.batch, "threads": args.threads,
                "bench_threads": args.bench_threads, "environment": environment()}
         train = "-"
         if rlog is not None:

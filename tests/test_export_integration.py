@@ -55,6 +55,24 @@ def test_minilm_openvino_fp32_and_static_w8a8_match_pytorch(minilm, tmp_path):
         assert abs(a - b) <= 0.5
 
 
+def test_minilm_openvino_7bit_weights_match_pytorch_on_every_cpu(minilm, tmp_path):
+    """bits: 7 (codes on [-64, 63]): OpenVINO's int8 kernels cannot saturate on them, so the IR
+    gives slimformer's own model within the VNNI bound above on CPUs with or without VNNI."""
+    from slimformer.quant import QuantizeConfig, quantize_model
+    sentences = read_sentences(resolve_data("stsb", "test"))[:256]
+    w7 = copy.deepcopy(minilm)
+    quantize_model(w7, QuantizeConfig(bits=7, activations="static", smoothquant=0.5),
+                   {"samples": 128}, progress=False)
+    codes = [m.codes() for m in w7.module.modules() if hasattr(m, "codes") and hasattr(m, "act_scale")]
+    assert codes and min(int(c.min()) for c in codes) >= -64 and max(int(c.max()) for c in codes) <= 63
+    export(w7, "openvino", tmp_path / "w7")
+    ov_model = open_model(tmp_path / "w7")
+    cos = torch.nn.functional.cosine_similarity(encode(ov_model, sentences), encode(w7, sentences))
+    assert float(cos.mean()) >= 0.999 and float(cos.min()) >= 0.98
+    a, b = (evaluate(m, "sts", split="test", progress=False).value for m in (w7, ov_model))
+    assert abs(a - b) <= 0.15
+
+
 def _has_vnni() -> bool:
     try:
         flags = open("/proc/cpuinfo").read()

@@ -239,6 +239,28 @@ def test_fbgemm_is_used_only_where_it_is_exact():
         torch.testing.assert_close(rows, lin(x), rtol=1e-5, atol=1e-5)
 
 
+def test_7bit_weights_take_fbgemm_exactly_on_every_cpu(monkeypatch):
+    """bits 7: codes on [-64, 63], so fbgemm's int16 pair sums (2 x 255 x 64 < 2^15) cannot
+    saturate; the layer takes fbgemm even where fbgemm_exact() is False (forced here, as on a CPU
+    without VNNI) and still gives the int64 reference on the widest activations and codes."""
+    from slimformer.nn import kernels
+    if not kernels.fbgemm_available():
+        pytest.skip("no fbgemm in this PyTorch build")
+    monkeypatch.setattr(kernels, "_FBGEMM_EXACT", False)
+    spec = QuantSpec(bits=7)
+    W = torch.full((8, 64), 1.0)
+    W[::2] = -1.0
+    q, sc, z = quantize(W, spec)
+    assert int(q.abs().max()) == 63 and spec.qmin == -64
+    lin = QuantLinear.from_codes(q, sc, z, spec, None, "dynamic", "int8_dynamic")
+    calls = []
+    monkeypatch.setattr(kernels, "fbgemm_dynamic", lambda *a, _f=kernels.fbgemm_dynamic: calls.append(1) or _f(*a))
+    x = torch.ones(1, 64)
+    x[0, ::4] = -1.0  # activation codes 0 and 255 against codes +-63: the widest pair sums
+    ref = _int8_reference(x, q, sc[:, 0], per_tensor=False)
+    assert torch.allclose(lin(x).double(), ref, rtol=1e-4, atol=1e-3) and calls
+
+
 @pytest.mark.parametrize("fbgemm", [False, True])
 @pytest.mark.parametrize("granularity", ["token", "tensor"])
 def test_int8_dynamic_layer_computes_the_reference_on_either_path(monkeypatch, fbgemm, granularity):

@@ -136,6 +136,22 @@ def fbgemm_exact() -> bool:
     return _FBGEMM_EXACT
 
 
+_FBGEMM_AVAILABLE: bool | None = None
+
+
+def fbgemm_available() -> bool:
+    """Whether this PyTorch build has fbgemm's dynamic int8 kernel at all (x86; ARM has qnnpack only)."""
+    global _FBGEMM_AVAILABLE
+    if _FBGEMM_AVAILABLE is None:
+        q = torch.ones(1, 8, dtype=torch.int8)
+        try:
+            fbgemm_dynamic(torch.ones(1, 8), fbgemm_pack(q, torch.ones(1), None))
+            _FBGEMM_AVAILABLE = True
+        except RuntimeError:
+            _FBGEMM_AVAILABLE = False
+    return _FBGEMM_AVAILABLE
+
+
 def kernel_group(in_features: int, group_size: int) -> int | None:
     """Group size the int4 kernel can use to hold groups of `group_size` exactly (a divisor of
     both, since a wide group is the same scale repeated over narrower ones), or None."""

@@ -37,12 +37,12 @@ KERNELS = ("int8_dynamic", "int8_static", "int8_weight", "int4_weight", "simulat
 def real_kernel(spec: QuantSpec, act: str, in_features: int) -> str | None:
     """The integer kernel that can run this format exactly, or None (then only simulated)."""
     if act != "none":
-        if spec.bits == 8 and spec.symmetric and spec.group_size == 0:
+        if spec.int8_rows:
             return "int8_dynamic" if act == "dynamic" else "int8_static"
         return None
     if spec.bits == 4 and kernels.kernel_group(in_features, spec.group_size) is not None:
         return "int4_weight"
-    if spec.bits == 8 and spec.symmetric and spec.group_size == 0:
+    if spec.int8_rows:
         return "int8_weight"
     return None
 
@@ -159,7 +159,9 @@ class QuantLinear(nn.Module):
             w_scale = self.scales[:, 0].contiguous()
             w_t, colsum = q.t(), q.sum(1, dtype=torch.int32).float()
             per_tensor = self.granularity == "tensor"
-            fbgemm = kernels.fbgemm_exact()  # else the same arithmetic on torch._int_mm
+            # else the same arithmetic on torch._int_mm; 7-bit codes cannot overflow fbgemm's int16
+            # pair sums (2 x 255 x 64 < 2^15), so they take it on every CPU
+            fbgemm = kernels.fbgemm_exact() or (self.spec.bits == 7 and kernels.fbgemm_available())
             packed = kernels.fbgemm_pack(q, w_scale, bias) if fbgemm else None  # bias fused in
 
             def fn(x):  # any leading dims: fbgemm flattens them itself

@@ -28,7 +28,7 @@ def quant_linear_to_qdq(g, x: str, mod, name: str) -> str:
     """x [..., in] -> x @ W^T [..., out], without the bias."""
     if mod.input_scale is not None:
         x = g.op("Mul", [x, g.const(mod.input_scale, f"{name}.input_scale")])
-    int8_rows = mod.spec.bits == 8 and mod.spec.symmetric and mod.spec.group_size == 0
+    int8_rows = mod.spec.int8_rows
     if not int8_rows:  # group-wise or 4-bit codes: no per-channel DQ holds them
         _count(g, "weight_only_dequantized")
         return g.op("MatMul", [x, g.const(mod.dequantized().t(), f"{name}.weight_t")])

@@ -34,6 +34,12 @@ class QuantSpec:
     def qmax(self) -> int:
         return 2 ** (self.bits - 1) - 1
 
+    @property
+    def int8_rows(self) -> bool:
+        """Symmetric per-channel codes that fit int8 (bits 8, or 7: codes on [-64, 63], for int8
+        kernels that add pairs of uint8 x int8 products in int16, which 7 bits cannot overflow)."""
+        return self.bits in (7, 8) and self.symmetric and self.group_size == 0
+
     def groups(self, in_features: int) -> int:
         g = self.group_size or in_features
         return -(-in_features // g)

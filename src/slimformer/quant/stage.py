@@ -37,7 +37,8 @@ GROUPS = (0, 32, 64, 128, 256)
 @dataclass
 class QuantizeConfig:
     method: str = "rtn"  # rtn | gptq | awq
-    bits: int = 8  # 8, 4 or 3
+    bits: int = 8  # 8, 7, 4 or 3; 7: int8 codes on [-64, 63], the int8 kernels without 16-bit overflow
+    # (OpenVINO / ONNX Runtime on CPUs without VNNI sum pairs of uint8 x int8 products in int16)
     group_size: int = 0  # 0: per output channel; else 32 / 64 / 128 / 256 input columns
     symmetric: bool = True
     full_range: bool = False  # int4 / int3 symmetric: use all 2^b levels (llama.cpp's Q4_0 scale rule)
@@ -87,15 +88,15 @@ class QuantizeConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ConfigValueError(f"quantize method {self.method!r} unknown; methods: {', '.join(METHODS)}")
-        if self.bits not in (3, 4, 8):
-            raise ConfigValueError(f"quantize bits must be 8, 4 or 3 (got {self.bits!r})")
+        if self.bits not in (3, 4, 7, 8):
+            raise ConfigValueError(f"quantize bits must be 8, 7, 4 or 3 (got {self.bits!r})")
         if self.group_size not in GROUPS:
             raise ConfigValueError(f"quantize group_size must be one of {GROUPS} (0 = per channel); got {self.group_size!r}")
         if self.activations not in ACTIVATIONS:
             raise ConfigValueError(f"quantize activations {self.activations!r} unknown; use {', '.join(ACTIVATIONS)}")
-        if self.activations != "none" and (self.bits != 8 or self.group_size or not self.symmetric):
+        if self.activations != "none" and (self.bits not in (7, 8) or self.group_size or not self.symmetric):
             raise ConfigValueError("int8 activations need int8 symmetric per-channel weights: "
-                                   "bits: 8, group_size: 0, symmetric: true")
+                                   "bits: 8 (or 7), group_size: 0, symmetric: true")
         if self.act_range not in RANGES:
             raise ConfigValueError(f"quantize act_range {self.act_range!r} unknown; use {', '.join(RANGES)}")
         if self.activations != "static" and (not self.act_symmetric or self.act_range != "minmax"):
@@ -106,7 +107,7 @@ class QuantizeConfig:
         if self.attention == "int8" and self.activations != "static":
             raise ConfigValueError("quantize attention: int8 puts the scores' inputs on static grids; "
                                    "it needs activations: static")
-        if self.full_range and (self.bits == 8 or not self.symmetric):
+        if self.full_range and (self.bits >= 7 or not self.symmetric):
             raise ConfigValueError("quantize full_range is for int4 / int3 symmetric grids (bits: 4, symmetric: true)")
         if self.granularity not in ("auto", "token", "tensor"):
             raise ConfigValueError(f"quantize granularity must be auto, token or tensor (got {self.granularity!r})")

@@ -12,7 +12,8 @@ alternating rounds (best of each), ratios against fp32 PyTorch in the same run a
   transformer): NNCF's post-training int8 of the original;
 - slimformer W8A8 as the default recipe makes it (GPTQ + SmoothQuant 0.5, dynamic activations),
   its static-activation variant (calibrated per-tensor scales) and the OpenVINO recipe's
-  (recipes/w8a8-openvino.yaml: asymmetric static ranges, int8 attention scores), exported with
+  (recipes/w8a8-openvino.yaml: asymmetric static ranges, int8 attention scores) and that recipe with
+  7-bit weight codes (bits: 7, for CPUs without VNNI), exported with
   `--format openvino` and with `--format onnx` (ONNX Runtime), the same codes in both;
 - with --trimmed DIR: a compressed model folder (e.g. trimmed + recovered + W8A8) exported both ways.
 """
@@ -41,7 +42,11 @@ W8A8 = {"dynamic": dict(method="gptq", bits=8, activations="dynamic", smoothquan
         "static": dict(method="gptq", bits=8, activations="static", smoothquant=0.5),
         # recipes/w8a8-openvino.yaml: asymmetric static ranges (uint8 kernels) and int8 attention scores
         "static asymmetric + int8 attention": dict(method="gptq", bits=8, activations="static", smoothquant=0.5,
-                                                   act_symmetric=False, attention="int8")}
+                                                   act_symmetric=False, attention="int8"),
+        # the same with 7-bit weight codes ([-64, 63]): exact on CPUs without VNNI (no int16 saturation)
+        "static asymmetric + int8 attention, 7-bit weights": dict(method="gptq", bits=7, activations="static",
+                                                                  smoothquant=0.5, act_symmetric=False,
+                                                                  attention="int8")}
 
 
 class _Embedder(torch.nn.Module):

@@ -463,7 +463,7 @@ def test_saved_quantized_model_reloads_bit_identical(tiny, family, cfg, tmp_path
 
 @pytest.mark.parametrize("opts,match", [
     ({"method": "hqq"}, "methods: rtn, gptq, awq"),
-    ({"bits": 5}, "8, 4 or 3"),
+    ({"bits": 5}, "8, 7, 4 or 3"),
     ({"group_size": 100}, "group_size must be one of"),
     ({"bits": 4, "activations": "dynamic"}, "int8 activations need"),
     ({"smoothquant": 1.5}, r"in \[0, 1\]"),

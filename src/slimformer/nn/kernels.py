@@ -126,12 +126,11 @@ def fbgemm_exact() -> bool:
         x = torch.ones(1, k)
         x[0, ::4] = -1.0  # the range spans [-1, 1]: codes 0 and 255, the widest products
         scale = torch.ones(n)
-        exact = int8_per_token(x, q.t(), q.sum(1, dtype=torch.int32).float(), scale, mm=_int_mm_fp32)
-        try:
-            fast = fbgemm_dynamic(x, fbgemm_pack(q, scale, None))
-        except RuntimeError:  # no fbgemm engine in this build (e.g. ARM: qnnpack only)
+        if not fbgemm_available():
             _FBGEMM_EXACT = False
         else:
+            exact = int8_per_token(x, q.t(), q.sum(1, dtype=torch.int32).float(), scale, mm=_int_mm_fp32)
+            fast = fbgemm_dynamic(x, fbgemm_pack(q, scale, None))
             _FBGEMM_EXACT = bool(torch.allclose(fast, exact, rtol=1e-4, atol=1e-3))
     return _FBGEMM_EXACT
 

@@ -94,7 +94,7 @@ class QuantizeConfig:
             raise ConfigValueError(f"quantize group_size must be one of {GROUPS} (0 = per channel); got {self.group_size!r}")
         if self.activations not in ACTIVATIONS:
             raise ConfigValueError(f"quantize activations {self.activations!r} unknown; use {', '.join(ACTIVATIONS)}")
-        if self.activations != "none" and (self.bits not in (7, 8) or self.group_size or not self.symmetric):
+        if self.activations != "none" and not self.spec.int8_rows:
             raise ConfigValueError("int8 activations need int8 symmetric per-channel weights: "
                                    "bits: 8 (or 7), group_size: 0, symmetric: true")
         if self.act_range not in RANGES:
